@@ -1,0 +1,5 @@
+"""Project-wide settings (environment variables, validated once)."""
+
+from config.settings import Settings, SettingsError
+
+__all__ = ["Settings", "SettingsError"]

@@ -1,0 +1,190 @@
+"""A polite, fault-tolerant client for Civitai's public REST API (API.md): rate-limited, retrying, key-safe.
+
+Retries 429, 5xx, timeouts, connection errors and truncated or unparsable bodies with jittered exponential
+backoff, honouring Retry-After; other 4xx fail at once. The API key travels only in the Authorization header and
+is never logged or put in URLs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "zoo-catalogue/0.1 (+crawler of the zoo model catalogue; python-requests)"
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+class CivitaiError(RuntimeError):
+    """Civitai answered with an error that retrying will not fix, or kept failing until retries ran out."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CivitaiNotFound(CivitaiError):
+    """404: the model or version does not exist, or was deleted or unpublished."""
+
+
+class RateLimiter:
+    """At most `per_second` request starts per second, shared by every thread using the client."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+class CivitaiClient:
+    def __init__(self, base_url: str = "https://civitai.com", *, api_key: str | None = None,
+                 requests_per_second: float = 1.0, timeout: float = 30.0, max_retries: int = 8,
+                 backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_root = self.base_url + "/api/v1/"
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
+        self._sleep = sleep
+        self._limiter = RateLimiter(requests_per_second, sleep=sleep)
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self._session.headers["Accept"] = "application/json"
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def __repr__(self) -> str:  # never show the key
+        return f"CivitaiClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def url(self, path: str, params: dict | None = None) -> str:
+        url = urljoin(self.api_root, path.lstrip("/"))
+        return f"{url}?{urlencode(params, doseq=True)}" if params else url
+
+    def models_listing_url(self, types: Iterable[str] = (), base_models: Iterable[str] = (),
+                           sort: str = "Newest", limit: int = 100) -> str:
+        """The first page of /models: nsfw=true so the crawl is complete (the zoo filters locally)."""
+        params: dict = {"limit": limit, "nsfw": "true", "sort": sort}
+        if types:
+            params["types"] = list(types)
+        if base_models:
+            params["baseModels"] = list(base_models)
+        return self.url("models", params)
+
+    def get_json(self, url: str) -> dict:
+        """GET a URL of this API and parse its JSON body, retrying what is worth retrying."""
+        last_problem = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self._backoff(attempt, last_retry_after)
+                log.info("retrying %s in %.2fs (attempt %d/%d): %s", url, delay, attempt, self.max_retries,
+                         last_problem)
+                self._sleep(delay)
+            last_retry_after = None
+            self._limiter.wait()
+            try:
+                response = self._session.get(url, timeout=self.timeout)
+            except requests.RequestException as error:  # timeouts, resets, truncated bodies
+                last_problem = f"{type(error).__name__}: {error}"
+                continue
+            if response.status_code in RETRYABLE_STATUS:
+                last_retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                last_problem = f"HTTP {response.status_code}"
+                continue
+            if response.status_code == 404:
+                raise CivitaiNotFound(f"{url}: 404 {_error_text(response)}", 404)
+            if response.status_code >= 400:
+                raise CivitaiError(f"{url}: HTTP {response.status_code} {_error_text(response)}", response.status_code)
+            try:
+                body = response.json()
+            except ValueError as error:
+                last_problem = f"unparsable body ({len(response.content)} bytes): {error}"
+                continue
+            if not isinstance(body, dict):
+                raise CivitaiError(f"{url}: expected a JSON object, got {type(body).__name__}")
+            return body
+        raise CivitaiError(f"{url}: gave up after {self.max_retries + 1} attempts; last problem: {last_problem}")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        exponential = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        jittered = exponential * random.uniform(0.5, 1.0)
+        return max(jittered, retry_after) if retry_after is not None else jittered
+
+    def models_page(self, url: str) -> tuple[list, str | None]:
+        """One listing page: its items and the next page's URL (None at the end).
+
+        The next URL is this page's URL with `nextCursor` swapped in, so every filter is kept and the host stays
+        ours (recorded nextPage values point at other hosts)."""
+        body = self.get_json(url)
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise CivitaiError(f"{url}: listing has no items array")
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        cursor = metadata.get("nextCursor")
+        if cursor in (None, "") or not items:
+            return items, None
+        return items, _with_param(url, "cursor", str(cursor))
+
+    def model(self, model_id: int) -> dict:
+        return self.get_json(self.url(f"models/{int(model_id)}"))
+
+    def model_version(self, version_id: int) -> dict:
+        return self.get_json(self.url(f"model-versions/{int(version_id)}"))
+
+    def model_version_by_hash(self, file_hash: str) -> dict:
+        if not file_hash.isalnum():
+            raise ValueError(f"not a hash: {file_hash!r}")
+        return self.get_json(self.url(f"model-versions/by-hash/{file_hash}"))
+
+
+def _with_param(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    query.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)[:300]
+    return str(body)[:300]

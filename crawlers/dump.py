@@ -1,0 +1,76 @@
+"""The second source: a dump file of /models items (JSON Lines, optionally gzip), through the same raw store."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+from sqlalchemy import Engine
+
+from crawlers.ingest import IngestReport, store_items
+from db import crawl_store
+from db.raw_store import quarantine
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = 1000
+
+
+class DumpError(ValueError):
+    """The dump cannot be read at all (missing, not a file, not gzip when it says so)."""
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        yield from handle
+
+
+def ingest_dump(engine: Engine, path: Path, on_batch: Callable[[int], None] | None = None) -> IngestReport:
+    """Store every item of the dump raw; lines that are not JSON objects are quarantined, not fatal."""
+    path = Path(path)
+    if not path.is_file():
+        raise DumpError(f"dump not found: {path}")
+    source = f"dump:{path.name}"
+    report = IngestReport()
+    with engine.begin() as conn:
+        run_id = crawl_store.open_run(conn, source, {"path": str(path)})
+    try:
+        batch: list[object] = []
+        for line_number, line in enumerate(_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(orjson.loads(line))
+            except orjson.JSONDecodeError as error:
+                report.items_received += 1
+                with engine.begin() as conn:
+                    report.quarantined += quarantine(
+                        conn, stage="crawl", source=source, error=f"line {line_number}: not JSON: {error}",
+                        payload_text=line.decode("utf-8", "replace"))
+                continue
+            if len(batch) >= BATCH_SIZE:
+                _flush(engine, batch, source, report, on_batch)
+        _flush(engine, batch, source, report, on_batch)
+        with engine.begin() as conn:
+            crawl_store.close_run(conn, run_id, "succeeded", report.as_dict())
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        _flush(engine, batch, source, report, on_batch)  # keep every item read before the damage
+        with engine.begin() as conn:
+            crawl_store.close_run(conn, run_id, "failed", report.as_dict(), f"{type(error).__name__}: {error}")
+        raise DumpError(f"cannot read dump {path}: {error}") from error
+    return report
+
+
+def _flush(engine: Engine, batch: list[object], source: str, report: IngestReport,
+           on_batch: Callable[[int], None] | None) -> None:
+    if not batch:
+        return
+    with engine.begin() as conn:
+        store_items(conn, batch, source, report)
+    report.pages += 1
+    batch.clear()
+    if on_batch:
+        on_batch(report.items_received)

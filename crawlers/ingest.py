@@ -1,0 +1,66 @@
+"""Store a batch of received items raw, whatever the source (live pages or a dump): the shared first step."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Connection
+
+from db.raw_store import (
+    RawItem,
+    RawItemError,
+    UpsertCounts,
+    canonical_json,
+    quarantine,
+    to_raw_item,
+    upsert_raw_items,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What a crawl or dump ingest did; also the crawl_runs row."""
+
+    pages: int = 0
+    items_received: int = 0
+    models_new: int = 0
+    models_changed: int = 0
+    models_unchanged: int = 0
+    models_deleted: int = 0
+    quarantined: int = 0
+
+    def add(self, counts: UpsertCounts) -> None:
+        self.models_new += counts.new
+        self.models_changed += counts.changed
+        self.models_unchanged += counts.unchanged
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def store_items(conn: Connection, items: Iterable[object], source: str, report: IngestReport) -> list[int]:
+    """Upsert the storable items raw and quarantine the rest; returns the ids stored."""
+    good: list[RawItem] = []
+    for item in items:
+        report.items_received += 1
+        try:
+            good.append(to_raw_item(item))
+        except RawItemError as error:
+            log.warning("item quarantined: %s", error)
+            if quarantine(conn, stage="crawl", source=source, error=str(error), payload=_storable(item)):
+                report.quarantined += 1
+    report.add(upsert_raw_items(conn, good, source))
+    return [item.id for item in good]
+
+
+def _storable(item: object) -> object:
+    """The payload as JSON if it can be encoded, else its repr (quarantine must never fail in turn)."""
+    try:
+        canonical_json(item)
+        return item
+    except Exception:  # noqa: BLE001
+        return {"unencodable_repr": repr(item)[:100_000]}

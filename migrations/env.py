@@ -1,0 +1,18 @@
+"""Alembic environment: the project's metadata and its database URL, online migrations only."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from db.engine import engine_for_url, get_engine
+from db.schema import Base
+
+config = context.config
+url = config.attributes.get("url")
+engine = engine_for_url(url) if url else get_engine()
+
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, compare_server_default=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
