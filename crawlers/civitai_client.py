@@ -146,6 +146,14 @@ class CivitaiClient:
         jittered = exponential * random.uniform(0.5, 1.0)
         return max(jittered, retry_after) if retry_after is not None else jittered
 
+    def reachable(self, timeout: float = 5.0) -> bool:
+        """One quick, unretried probe: can this API answer a listing at all? (Offline machines fail fast.)"""
+        try:
+            response = self._session.get(self.url("models", {"limit": 1}), timeout=timeout)
+            return response.status_code == 200 and isinstance(response.json(), dict)
+        except (requests.RequestException, ValueError):
+            return False
+
     def models_page(self, url: str) -> tuple[list, str | None]:
         """One listing page: its items and the next page's URL (None at the end).
 

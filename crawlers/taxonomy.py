@@ -22,6 +22,15 @@ _ROLE_BY_TYPE = {
 _SDXL_ARCHITECTURE = ("Pony", "Illustrious", "NoobAI")
 
 
+def types_by_role() -> dict[str, list[str]]:
+    """Model types that can fill each role an image names (for resolving references by file name)."""
+    roles: dict[str, list[str]] = {}
+    for model_type, role in _ROLE_BY_TYPE.items():
+        if role != "vae":
+            roles.setdefault(role, []).append(model_type)
+    return roles
+
+
 def role_of_type(model_type: str) -> str:
     """The role a model of this type plays in an image's generation (checkpoint, lora, embedding, ...)."""
     return _ROLE_BY_TYPE.get(model_type, "other")

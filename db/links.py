@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
+from db.derived import catalog_stamp, set_stamp, stamp_of
+
 _HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
 EMPTY_FILE_HASH_PREFIX = "E3B0C44298FC"  # sha256 of an empty file: Civitai ignores it, so do we
 
@@ -24,11 +26,19 @@ class ResolveCounts:
     unresolved: int = 0
 
 
-def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collection[str]]) -> ResolveCounts:
-    """Resolve in one transaction, then refresh the planner's statistics for the aggregation that follows."""
+def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collection[str]],
+                            force: bool = False) -> ResolveCounts | None:
+    """Resolve in one transaction, then refresh the planner's statistics for the aggregation that follows.
+
+    Returns None (and does nothing) when the catalogue has not changed since the last resolution.
+    """
     with engine.begin() as conn:
+        stamp = catalog_stamp(conn)
+        if not force and stamp_of(conn, "image_resources") == stamp:
+            return None
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
         counts = _resolve(conn, types_by_role)
+        set_stamp(conn, "image_resources", stamp)
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE image_resources"))
     return counts
@@ -100,10 +110,17 @@ class LinkCounts:
     deleted: int = 0
 
 
-def rebuild_links(engine: Engine, adapter_types: Collection[str], checkpoint_types: Collection[str]) -> LinkCounts:
+def rebuild_links(engine: Engine, adapter_types: Collection[str], checkpoint_types: Collection[str],
+                  force: bool = False) -> LinkCounts | None:
+    """Recompute the links from resolved references; None (nothing done) when the resolution has not changed."""
     with engine.begin() as conn:
+        resolved = stamp_of(conn, "image_resources") or ""
+        if not force and stamp_of(conn, "adapter_checkpoint_links") == resolved:
+            return None
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
-        return _rebuild_links(conn, adapter_types, checkpoint_types)
+        counts = _rebuild_links(conn, adapter_types, checkpoint_types)
+        set_stamp(conn, "adapter_checkpoint_links", resolved)
+        return counts
 
 
 def _rebuild_links(conn: Connection, adapter_types: Collection[str], checkpoint_types: Collection[str]) -> LinkCounts:

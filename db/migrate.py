@@ -22,6 +22,18 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
 
 
+_migrated: set[str] = set()
+
+
+def ensure_migrated(engine: Engine) -> Engine:
+    """Bring the schema to head once per process and database (cheap when it already is)."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key not in _migrated:
+        upgrade(engine)
+        _migrated.add(key)
+    return engine
+
+
 def check(engine: Engine) -> None:
     """Raise when the ORM metadata and the migrated schema disagree."""
     command.check(alembic_config(engine))

@@ -242,3 +242,12 @@ class Quarantine(Base):
     created_at: Mapped[datetime] = _now()
 
 
+
+
+class DerivedStamp(Base):
+    """Which state of the catalogue a derived table was last computed from, so unchanged inputs skip the work."""
+
+    __tablename__ = "derived_stamps"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    stamp: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = _now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from db.engine import engine_for_url, get_engine
 from db.schema import Base
@@ -14,5 +15,7 @@ engine = engine_for_url(url) if url else get_engine()
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=Base.metadata, compare_server_default=True)
     with context.begin_transaction():
+        # Several processes (Dagster workers, tests) may start at once: one migrates, the others wait.
+        connection.execute(text("SELECT pg_advisory_xact_lock(7226001)"))
         context.run_migrations()
     connection.commit()

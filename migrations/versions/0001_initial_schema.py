@@ -96,6 +96,12 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('key')
     )
+    op.create_table('derived_stamps',
+    sa.Column('name', sa.Text(), nullable=False),
+    sa.Column('stamp', sa.Text(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
     op.create_table('models',
     sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('name', sa.Text(), nullable=False),
@@ -295,5 +301,6 @@ def downgrade() -> None:
     op.drop_table('models_raw')
     op.drop_index(op.f('ix_models_type'), table_name='models')
     op.drop_table('models')
+    op.drop_table('derived_stamps')
     op.drop_table('crawl_state')
     op.drop_table('crawl_runs')

@@ -1,0 +1,56 @@
+"""Asset checks: the catalogue's invariants, re-derived from the stored data rather than trusted."""
+
+
+from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+from sqlalchemy import text
+
+from crawlers.nsfw import NSFW_BITS
+from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
+from orchestration.assets import adapter_checkpoint_links, zoo_catalog
+from orchestration.resources import DatabaseResource
+
+
+@asset_check(asset=zoo_catalog, description="No served version belongs to a model flagged NSFW in any way.")
+def nothing_nsfw_served(database: DatabaseResource) -> AssetCheckResult:
+    with database.engine().connect() as conn:
+        offenders = conn.execute(text(
+            """
+            SELECT DISTINCT s.model_id FROM served_model_versions s JOIN models m ON m.id = s.model_id
+            WHERE m.nsfw OR m.nsfw_flag OR coalesce(m.nsfw_level, 0) & :bits <> 0 LIMIT 20
+            """
+        ), {"bits": NSFW_BITS}).scalars().all()
+    return AssetCheckResult(passed=not offenders, metadata={"nsfw_models_served": offenders})
+
+
+@asset_check(asset=zoo_catalog, description="Every SFW, listed model has at least one servable version.")
+def no_served_model_without_a_version(database: DatabaseResource) -> AssetCheckResult:
+    with database.engine().connect() as conn:
+        orphans = conn.execute(text(
+            """
+            SELECT m.id FROM models m
+            WHERE NOT m.nsfw AND m.deleted_at IS NULL AND coalesce(m.mode, '') NOT IN ('Archived', 'TakenDown')
+              AND NOT EXISTS (SELECT 1 FROM served_model_versions s WHERE s.model_id = m.id)
+            ORDER BY m.id LIMIT 20
+            """
+        )).scalars().all()
+    # Civitai drops versions without a primary file, so this is a data warning, not a broken invariant.
+    return AssetCheckResult(passed=not orphans, severity=AssetCheckSeverity.WARN,
+                            metadata={"models_without_served_version": orphans})
+
+
+@asset_check(asset=adapter_checkpoint_links,
+             description="Every link joins an existing adapter version to an existing checkpoint version.")
+def links_point_at_existing_versions(database: DatabaseResource) -> AssetCheckResult:
+    with database.engine().connect() as conn:
+        bad = conn.execute(text(
+            """
+            SELECT count(*) FROM adapter_checkpoint_links l
+            LEFT JOIN model_versions av ON av.id = l.adapter_version_id LEFT JOIN models am ON am.id = av.model_id
+            LEFT JOIN model_versions cv ON cv.id = l.checkpoint_version_id LEFT JOIN models cm ON cm.id = cv.model_id
+            WHERE am.id IS NULL OR cm.id IS NULL OR NOT (am.type = ANY(:adapters)) OR NOT (cm.type = ANY(:checkpoints))
+            """
+        ), {"adapters": list(ADAPTER_TYPES), "checkpoints": list(CHECKPOINT_TYPES)}).scalar_one()
+    return AssetCheckResult(passed=bad == 0, metadata={"bad_links": bad})
+
+
+CATALOGUE_CHECKS = [nothing_nsfw_served, no_served_model_without_a_version, links_point_at_existing_versions]
