@@ -42,13 +42,18 @@ class IngestReport:
         return asdict(self)
 
 
-def store_items(conn: Connection, items: Iterable[object], source: str, report: IngestReport) -> list[int]:
-    """Upsert the storable items raw and quarantine the rest; returns the ids stored."""
+def store_items(conn: Connection, items: Iterable[object], source: str, report: IngestReport,
+                source_shas: Iterable[str | None] | None = None) -> list[int]:
+    """Upsert the storable items raw and quarantine the rest; returns the ids stored.
+
+    `source_shas`, when given, are the hashes of each item's bytes as received (dump lines), in order.
+    """
     good: list[RawItem] = []
+    shas = iter(source_shas) if source_shas is not None else None
     for item in items:
         report.items_received += 1
         try:
-            good.append(to_raw_item(item))
+            good.append(to_raw_item(item, next(shas) if shas is not None else None))
         except RawItemError as error:
             log.warning("item quarantined: %s", error)
             if quarantine(conn, stage="crawl", source=source, error=str(error), payload=_storable(item)):

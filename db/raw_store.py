@@ -21,6 +21,7 @@ class RawItem:
     id: int
     json: str  # canonical JSON (sorted keys), what models_raw.raw holds
     sha: str
+    source_sha: str  # hash of the bytes as received; equals sha when the item came inside a larger body
 
 
 def canonical_json(payload: object) -> bytes:
@@ -32,7 +33,7 @@ def payload_sha(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def to_raw_item(item: object) -> RawItem:
+def to_raw_item(item: object, source_sha: str | None = None) -> RawItem:
     if not isinstance(item, dict):
         raise RawItemError(f"item is {type(item).__name__}, expected an object")
     model_id = item.get("id")
@@ -42,7 +43,8 @@ def to_raw_item(item: object) -> RawItem:
         data = canonical_json(item)
     except (TypeError, orjson.JSONEncodeError) as error:
         raise RawItemError(f"model {model_id} cannot be encoded as JSON: {error}") from None
-    return RawItem(id=model_id, json=data.decode(), sha=payload_sha(data))
+    sha = payload_sha(data)
+    return RawItem(id=model_id, json=data.decode(), sha=sha, source_sha=source_sha or sha)
 
 
 @dataclass
@@ -73,15 +75,15 @@ def upsert_raw_items(conn: Connection, items: Sequence[RawItem], source: str) ->
     new = [item for item in unique.values() if item.id not in known]
     changed = [item for item in unique.values() if item.id in known and known[item.id] != item.sha]
     if new:
-        copy_rows(conn, "models_raw", ("id", "raw", "raw_sha", "source"),
-                  ((item.id, item.json, item.sha, source) for item in new))
+        copy_rows(conn, "models_raw", ("id", "raw", "raw_sha", "source_sha", "source"),
+                  ((item.id, item.json, item.sha, item.source_sha, source) for item in new))
     if changed:
-        stage_rows(conn, "stage_raw", "models_raw", ("id", "raw", "raw_sha", "source"),
-                   ((item.id, item.json, item.sha, source) for item in changed))
+        stage_rows(conn, "stage_raw", "models_raw", ("id", "raw", "raw_sha", "source_sha", "source"),
+                   ((item.id, item.json, item.sha, item.source_sha, source) for item in changed))
         conn.execute(text(
             """
-            UPDATE models_raw r SET raw = s.raw, raw_sha = s.raw_sha, source = s.source, fetched_at = now(),
-                deleted_at = NULL
+            UPDATE models_raw r SET raw = s.raw, raw_sha = s.raw_sha, source_sha = s.source_sha, source = s.source,
+                fetched_at = now(), deleted_at = NULL
             FROM stage_raw s WHERE s.id = r.id
             """
         ))
@@ -107,3 +109,8 @@ def quarantine(conn: Connection, *, stage: str, source: str, error: str, payload
         "error": error[:2000], "payload": payload_json,
         "payload_text": None if payload_text is None else data.decode("utf-8", "replace")}).first()
     return row is not None
+
+
+def known_source_shas(conn: Connection) -> set[str]:
+    """Hashes of every stored item's bytes as received: a dump line whose hash is here is unchanged."""
+    return set(conn.execute(text("SELECT source_sha FROM models_raw")).scalars())

@@ -39,6 +39,9 @@ class ModelRaw(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     raw: Mapped[dict] = mapped_column(JSONB, nullable=False)
     raw_sha: Mapped[str] = mapped_column(Text, nullable=False, comment="blake2b of the item's canonical JSON")
+    source_sha: Mapped[str] = mapped_column(
+        Text, nullable=False, index=True,
+        comment="blake2b of the bytes as received (a dump line), so an unchanged dump line is skipped unparsed")
     source: Mapped[str] = mapped_column(Text, nullable=False, comment="'api' or 'dump:<file name>'")
     first_fetched_at: Mapped[datetime] = _now()
     fetched_at: Mapped[datetime] = _now()

@@ -33,7 +33,8 @@ def table_counts(conn: Connection) -> dict[str, int]:
 
 
 def top_links(conn: Connection, limit: int = 5) -> list[dict]:
+    """The most co-used SFW adapter/checkpoint pairs."""
     return [dict(row._mapping) for row in conn.execute(text(
         "SELECT adapter_name, checkpoint_name, image_count, round(avg_weight::numeric, 2) AS avg_weight "
-        "FROM top_adapter_checkpoint_pairs LIMIT :limit"
+        "FROM top_adapter_checkpoint_pairs WHERE NOT adapter_nsfw AND NOT checkpoint_nsfw LIMIT :limit"
     ), {"limit": limit})]

@@ -54,8 +54,8 @@ VIEWS = [
     """,
     """
     CREATE VIEW top_adapter_checkpoint_pairs AS
-    SELECT l.adapter_version_id, am.name AS adapter_name, am.type AS adapter_type,
-           l.checkpoint_version_id, cm.name AS checkpoint_name,
+    SELECT l.adapter_version_id, am.name AS adapter_name, am.type AS adapter_type, am.nsfw AS adapter_nsfw,
+           l.checkpoint_version_id, cm.name AS checkpoint_name, cm.nsfw AS checkpoint_nsfw,
            l.image_count, l.sfw_image_count, l.avg_weight, l.family_compatible
     FROM adapter_checkpoint_links l
     JOIN model_versions av ON av.id = l.adapter_version_id JOIN models am ON am.id = av.model_id
@@ -137,6 +137,7 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('raw', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('raw_sha', sa.Text(), nullable=False, comment="blake2b of the item's canonical JSON"),
+    sa.Column('source_sha', sa.Text(), nullable=False, comment='blake2b of the bytes as received (a dump line), so an unchanged dump line is skipped unparsed'),
     sa.Column('source', sa.Text(), nullable=False, comment="'api' or 'dump:<file name>'"),
     sa.Column('first_fetched_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('fetched_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
@@ -145,6 +146,7 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True, comment='when /models/{id} said 404'),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_index(op.f('ix_models_raw_source_sha'), 'models_raw', ['source_sha'], unique=False)
     op.create_table('quarantine',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('payload_sha', sa.Text(), nullable=False),
@@ -298,6 +300,7 @@ def downgrade() -> None:
     op.drop_table('model_versions')
     op.drop_index(op.f('ix_quarantine_model_id'), table_name='quarantine')
     op.drop_table('quarantine')
+    op.drop_index(op.f('ix_models_raw_source_sha'), table_name='models_raw')
     op.drop_table('models_raw')
     op.drop_index(op.f('ix_models_type'), table_name='models')
     op.drop_table('models')

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository and installs the project with everything it needs (idempotent).
+# ZOO_SETUP_EXTRAS picks the optional dependency groups (default: dev,models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "zoo needs Python 3.11")'
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+extras="${ZOO_SETUP_EXTRAS:-dev,models}"
+stamp=".venv/.zoo-installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${extras//,/_}"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+  rm -f .venv/.zoo-installed-*
+  touch "$stamp"
+fi
