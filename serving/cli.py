@@ -85,7 +85,7 @@ def _print_summary(as_json: bool) -> None:
     if as_json:
         print(json.dumps({"by_type": summary, "tables": counts, "top_links": links}, default=str))
         return
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 110)
     table = Table(title="The zoo")
     columns = ["type", "models", "nsfw_models", "deleted_models", "versions", "served_versions", "images", "links"]
     for column in columns:
