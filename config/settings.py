@@ -25,6 +25,18 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float) -> fl
     return value
 
 
+# A preset chooses the models; individual variables override its choices.
+PRESETS = {
+    "lite": {"describer": "card-text", "text_encoder": "minilm", "image_encoder": "none"},
+    "full": {"describer": "vlm", "text_encoder": "openclip", "image_encoder": "openclip"},
+}
+CHOICES = {
+    "describer": ("card-text", "openai", "vlm"),
+    "text_encoder": ("minilm", "openclip"),
+    "image_encoder": ("none", "openclip"),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with the defaults a laptop user gets."""
@@ -36,6 +48,18 @@ class Settings:
     civitai_requests_per_second: float = 1.0
     civitai_timeout_seconds: float = 30.0
     civitai_max_retries: int = 8
+    preset: str = "lite"
+    describer: str = "card-text"
+    text_encoder: str = "minilm"
+    image_encoder: str = "none"
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: str = "openai"
+    describer_base_url: str | None = None
+    describer_model: str | None = None
+    describer_api_key: str | None = field(default=None, repr=False)
+    vlm_model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    hnsw_ef_search: int = 200
+    shards: int = 2
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -54,6 +78,17 @@ class Settings:
             raise SettingsError(f"CIVITAI_BASE_URL must be an http(s) site root such as https://civitai.com, got {base_url!r}")
         if base_url.endswith("/api/v1"):
             raise SettingsError("CIVITAI_BASE_URL is the site root; the client appends /api/v1 itself")
+        preset = env.get("ZOO_PRESET", "lite")
+        if preset not in PRESETS:
+            raise SettingsError(f"ZOO_PRESET={preset!r}: choose one of {', '.join(PRESETS)}")
+        chosen = {**PRESETS[preset]}
+        for name, variable in (("describer", "ZOO_DESCRIBER"), ("text_encoder", "ZOO_TEXT_ENCODER"),
+                               ("image_encoder", "ZOO_IMAGE_ENCODER")):
+            chosen[name] = env.get(variable) or chosen[name]
+            if chosen[name] not in CHOICES[name]:
+                raise SettingsError(f"{variable}={chosen[name]!r}: choose one of {', '.join(CHOICES[name])}")
+        if chosen["describer"] == "openai" and not (env.get("ZOO_DESCRIBER_BASE_URL") and env.get("ZOO_DESCRIBER_MODEL")):
+            raise SettingsError("ZOO_DESCRIBER=openai needs ZOO_DESCRIBER_BASE_URL and ZOO_DESCRIBER_MODEL")
         retries = env.get("CIVITAI_MAX_RETRIES", "8")
         if not retries.isdigit():
             raise SettingsError(f"CIVITAI_MAX_RETRIES={retries!r} must be a whole number")
@@ -65,4 +100,14 @@ class Settings:
             civitai_requests_per_second=_float(env, "CIVITAI_RATE_LIMIT", 1.0, 0.001),
             civitai_timeout_seconds=_float(env, "CIVITAI_TIMEOUT", 30.0, 0.1),
             civitai_max_retries=int(retries),
+            preset=preset,
+            clip_model=env.get("ZOO_CLIP_MODEL") or "ViT-L-14",
+            clip_pretrained=env.get("ZOO_CLIP_PRETRAINED") or "openai",
+            describer_base_url=env.get("ZOO_DESCRIBER_BASE_URL") or None,
+            describer_model=env.get("ZOO_DESCRIBER_MODEL") or None,
+            describer_api_key=env.get("ZOO_DESCRIBER_API_KEY") or None,
+            vlm_model=env.get("ZOO_VLM_MODEL") or "Qwen/Qwen2.5-VL-3B-Instruct",
+            hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 200, 1)),
+            shards=int(_float(env, "ZOO_SHARDS", 2, 1)),
+            **chosen,
         )

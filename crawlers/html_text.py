@@ -6,6 +6,7 @@ faster on the 2023 dump's 45,000 descriptions, which matters for the ingest budg
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 
 import lxml.etree
@@ -16,7 +17,10 @@ _BLOCK_TAGS = ("p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5",
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 _MARKUP_HINT = re.compile(r"[<&]")
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # libxml2 refuses them
+# Characters libxml2 refuses: C0 controls, DEL, non-characters U+FFFE/U+FFFF and lone surrogates.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+_TAGS = re.compile(r"<[^>]*>")
+_SCRIPTS = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def html_to_text(html: object) -> str:
@@ -29,7 +33,7 @@ def html_to_text(html: object) -> str:
     try:
         root = lxml.html.fragment_fromstring(html, create_parent="div")
     except (lxml.etree.ParserError, ValueError):
-        return _tidy(html)
+        return _tidy(htmllib.unescape(_TAGS.sub(" ", _SCRIPTS.sub(" ", html))))
     for element in list(root.iter(lxml.etree.Comment, lxml.etree.ProcessingInstruction, *_DROPPED_TAGS)):
         if element.getparent() is not None:
             element.drop_tree()

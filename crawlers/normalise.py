@@ -6,6 +6,7 @@ holds stays in `models_raw.raw`. A malformed item raises NormaliseError and is q
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ def commercial_use(value: object) -> list[str]:
     text = _text(value)
     if not text:
         return []
-    return [part.strip() for part in text.strip("{}").split(",") if part.strip()]
+    # 2023's "None" means no commercial use at all, not a permission called None
+    return [part.strip() for part in text.strip("{}").split(",") if part.strip() and part.strip() != "None"]
 
 
 def _required_id(container: dict, what: str) -> int:
@@ -235,18 +237,24 @@ _URL_IMAGE_ID = re.compile(r"/(\d+)\.[A-Za-z0-9]+$")
 
 
 def image_id_of(image: dict) -> int | None:
-    """The image's id; 2024+ listings omit it, but the CDN URL ends in '/<id>.jpeg'."""
+    """The image's id; 2024+ listings omit it, but the CDN URL ends in '/<id>.jpeg'. Failing both, a stable
+    negative id derived from the URL (never colliding with Civitai's positive ids); None without a URL."""
     image_id = _int(image.get("id")) if not isinstance(image.get("id"), str) else None
     if image_id is not None and image_id > 0:
         return image_id
-    match = _URL_IMAGE_ID.search(_text(image.get("url")) or "")
-    return _int(match.group(1)) if match else None
+    url = _text(image.get("url"))
+    if url is None:
+        return None
+    match = _URL_IMAGE_ID.search(url)
+    if match and _int(match.group(1)):
+        return _int(match.group(1))
+    return -(int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big") >> 1) or -1
 
 
 def _image_row(model_id: int, version_id: int, position: int, image: dict) -> dict:
     image_id = image_id_of(image)
     if image_id is None:
-        raise NormaliseError(f"version {version_id} image #{position} has neither an id nor an id-bearing URL")
+        raise NormaliseError(f"version {version_id} image #{position} has neither an id nor a URL")
     meta = image.get("meta") if isinstance(image.get("meta"), dict) else None
     meta = meta or {}
     hashes = meta.get("hashes") if isinstance(meta.get("hashes"), dict) else {}

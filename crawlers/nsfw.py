@@ -46,7 +46,7 @@ def classify_model(model: dict, image_levels: list[int | None]) -> NsfwDecision:
     if model.get("nsfw") is True:
         return NsfwDecision(True, "flag: nsfw is true")
     level = model.get("nsfwLevel")
-    if isinstance(level, int) and not isinstance(level, bool):
+    if isinstance(level, int) and not isinstance(level, bool) and level > 0:  # 0 means unrated
         if level & NSFW_BITS:
             return NsfwDecision(True, f"level: nsfwLevel {level} has R/X/XXX/Blocked bits")
         return NsfwDecision(False, f"sfw: nsfwLevel {level}")

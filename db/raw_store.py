@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,9 +25,16 @@ class RawItem:
     source_sha: str  # hash of the bytes as received; equals sha when the item came inside a larger body
 
 
+_ESCAPED_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def canonical_json(payload: object) -> bytes:
-    """Sorted-key JSON; NUL characters (which Postgres text and JSONB refuse) become U+FFFD."""
-    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).replace(b"\\u0000", b"\\ufffd")
+    """Sorted-key JSON; NUL characters (which Postgres text and JSONB refuse) become U+FFFD.
+
+    Only a real NUL's escape is replaced, not the six characters '\\u0000' written literally in a text.
+    """
+    data = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    return _ESCAPED_NUL.sub(rb"\1\\ufffd", data) if b"\\u0000" in data else data
 
 
 def payload_sha(data: bytes) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from pgvector.sqlalchemy import Vector
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -254,3 +255,37 @@ class DerivedStamp(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     stamp: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[datetime] = _now()
+
+
+class Description(Base):
+    """What a describer said about a model version; cached by (version, describer, prompt version, inputs)."""
+
+    __tablename__ = "descriptions"
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    describer: Mapped[str] = mapped_column(Text, primary_key=True)
+    prompt_version: Mapped[str] = mapped_column(Text, primary_key=True)
+    input_sha: Mapped[str] = mapped_column(Text, nullable=False, comment="hash of the card the description was made from")
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, index=True)
+    trigger_words: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
+    recommended_weight: Mapped[float] = mapped_column(Float, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class Embedding(Base):
+    """One vector per (model version, embedding space): [text || image], each half L2-normalised.
+
+    The column has no fixed dimension so several spaces share it; retrieval casts to the space's dimension, which
+    is what the per-space partial HNSW indexes (built by the retrieval_index asset) are defined on.
+    """
+
+    __tablename__ = "embeddings"
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(Text, primary_key=True, comment="encoder(s) and dimensions, e.g. minilm-l6-v2|384+0")
+    role: Mapped[str] = mapped_column(Text, nullable=False, comment="checkpoint or adapter: each has its own index")
+    emb: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
+    text_dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    image_dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    images_embedded: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    input_sha: Mapped[str] = mapped_column(Text, nullable=False, comment="hash of the embedded text, image URLs and encoder")
+    created_at: Mapped[datetime] = _now()

@@ -12,8 +12,17 @@ config = context.config
 url = config.attributes.get("url")
 engine = engine_for_url(url) if url else get_engine()
 
+HNSW_INDEX_PREFIX = "embeddings_hnsw_"
+
+
+def include_object(obj, name, type_, reflected, compare_to) -> bool:
+    """Per-space HNSW indexes are built at run time for the spaces in use (db.vectors), not by migrations."""
+    return not (type_ == "index" and reflected and compare_to is None and (name or "").startswith(HNSW_INDEX_PREFIX))
+
+
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata, compare_server_default=True)
+    context.configure(connection=connection, target_metadata=Base.metadata, compare_server_default=True,
+                      include_object=include_object)
     with context.begin_transaction():
         # Several processes (Dagster workers, tests) may start at once: one migrates, the others wait.
         connection.execute(text("SELECT pg_advisory_xact_lock(7226001)"))

@@ -6,7 +6,10 @@ from sqlalchemy import text
 
 from crawlers.nsfw import NSFW_BITS
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
+from embedding.refresh import space_name
 from orchestration.assets import adapter_checkpoint_links, zoo_catalog
+from orchestration.embedding_assets import retrieval_index
+from orchestration.models import ModelsResource
 from orchestration.resources import DatabaseResource
 
 
@@ -55,3 +58,35 @@ def links_point_at_existing_versions(database: DatabaseResource) -> AssetCheckRe
 
 
 CATALOGUE_CHECKS = [nothing_nsfw_served, no_served_model_without_a_version, links_point_at_existing_versions]
+
+
+@asset_check(asset=retrieval_index, description="Every served version has a vector of the space's dimension.")
+def every_served_version_has_a_vector(database: DatabaseResource, models: ModelsResource) -> AssetCheckResult:
+    text_encoder, image_encoder = models.encoders()
+    space = space_name(text_encoder, image_encoder)
+    dimension = text_encoder.text_dim + (image_encoder.image_dim if image_encoder else 0)
+    with database.engine().connect() as conn:
+        missing = conn.execute(text(
+            """
+            SELECT s.version_id FROM served_model_versions s
+            LEFT JOIN embeddings e ON e.version_id = s.version_id AND e.space = :space
+            WHERE e.version_id IS NULL OR vector_dims(e.emb) <> :dimension ORDER BY s.version_id LIMIT 20
+            """
+        ), {"space": space, "dimension": dimension}).scalars().all()
+    return AssetCheckResult(passed=not missing, metadata={"space": space, "versions_without_vector": missing})
+
+
+@asset_check(asset=retrieval_index, blocking=True, description="No NSFW or deleted model has a vector serving can find.")
+def no_nsfw_model_has_a_vector(database: DatabaseResource) -> AssetCheckResult:
+    with database.engine().connect() as conn:
+        offenders = conn.execute(text(
+            """
+            SELECT DISTINCT m.id FROM embeddings e JOIN model_versions v ON v.id = e.version_id
+            JOIN models m ON m.id = v.model_id
+            WHERE m.nsfw OR m.nsfw_flag OR coalesce(m.nsfw_level, 0) & :bits <> 0 OR m.deleted_at IS NOT NULL LIMIT 20
+            """
+        ), {"bits": NSFW_BITS}).scalars().all()
+    return AssetCheckResult(passed=not offenders, metadata={"models": offenders})
+
+
+RETRIEVAL_CHECKS = [every_served_version_has_a_vector, no_nsfw_model_has_a_vector]

@@ -55,8 +55,8 @@ def _model_item(fake: FakeCivitai, model_id: int) -> dict:
 @pytest.mark.parametrize("kind", ["429", "429-retry-after", "500", "503", "slow", "truncate", "reset"])
 def test_each_fault_kind_is_retried_until_the_right_body(fake: FakeCivitai, kind: str) -> None:
     sleep = SleepRecorder()
-    client = make_client(fake, sleep, timeout=0.3)  # shorter than the 'slow' fault below
-    fake.faults.append(Fault(kind, seconds=1.0 if kind == "slow" else 0.0))
+    client = make_client(fake, sleep, timeout=1.0)  # shorter than the 'slow' fault below
+    fake.faults.append(Fault(kind, seconds=2.0 if kind == "slow" else 0.0))
     try:
         body = client.model(100201)
     finally:

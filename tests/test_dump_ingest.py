@@ -56,6 +56,23 @@ EXPECTED_LINKS = {
 }
 SDXL_VERSIONS = {200104, 200204}
 
+SNAPSHOT = Path(__file__).resolve().parent.parent / "crawlers" / "snapshot" / "sample_models.jsonl"
+# README "Expected links in the snapshot" (35 pairs)
+EXPECTED_SNAPSHOT_LINKS = {
+    (920008, 920003): (1, 1, 0.7000), (920008, 920004): (2, 2, 0.6500), (920009, 920001): (1, 1, 0.7500),
+    (920009, 920006): (1, 1, 0.9000), (920010, 920001): (1, 1, 0.7000), (920010, 920003): (1, 1, 0.6000),
+    (920011, 920002): (1, 1, 0.6500), (920011, 920004): (1, 1, 0.8000), (920012, 920003): (2, 2, 0.9000),
+    (920013, 920001): (1, 1, 0.7000), (920013, 920004): (1, 1, 0.6000), (920014, 920001): (1, 1, 0.7000),
+    (920014, 920003): (1, 1, 0.8000), (920015, 920003): (1, 1, 0.8000), (920015, 920004): (1, 1, 0.9000),
+    (920016, 920003): (2, 2, 0.7750), (920017, 920003): (1, 1, 0.7000), (920018, 920001): (1, 1, 0.8000),
+    (920018, 920006): (1, 1, 0.7000), (920019, 920001): (1, 1, 0.7000), (920019, 920003): (2, 2, 0.6250),
+    (920020, 920001): (1, 1, 0.6000), (920020, 920002): (1, 1, 0.8000), (920020, 920005): (1, 1, 0.7000),
+    (920021, 920001): (1, 1, 0.9000), (920021, 920004): (1, 1, 0.7000), (920022, 920001): (1, 1, 0.7000),
+    (920022, 920006): (1, 1, 0.8000), (920023, 920001): (1, 1, 1.5000), (920023, 920002): (1, 1, -1.0000),
+    (920024, 920001): (1, 1, 0.6000), (920024, 920005): (1, 1, 0.5000), (920025, 920001): (1, 1, 0.8000),
+    (920025, 920005): (1, 1, 0.6000), (920026, 920007): (2, 0, 0.7500),
+}
+
 CATALOGUE_TABLES = {
     "models_raw": "id",
     "models": "id",
@@ -219,6 +236,44 @@ def test_links_table_equals_the_readme_exactly(built: Engine):
         assert (adapter_family, checkpoint_family, compatible) == (family, family, True), pair
 
 
+def test_links_arrive_when_the_checkpoints_are_ingested_after_the_adapters(engine: Engine, tmp_path: Path):
+    """A checkpoint ingested later resolves the references images made before it was known (links.py)."""
+    truncate_all(engine)
+    items = read_jsonl("civitai_2023.jsonl")
+    adapters_only = tmp_path / "adapters.jsonl"
+    adapters_only.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items if i["type"] != "Checkpoint"))
+    _, _, resolved, links = _build(engine, adapters_only)
+    assert resolved is not None and resolved.unresolved > 0
+    assert _links(engine) == {}
+    everything = tmp_path / "everything.jsonl"
+    everything.write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in items))
+    _, _, resolved, links = _build(engine, everything)
+    assert resolved is not None and links is not None
+    got = _links(engine)
+    assert set(got) == set(EXPECTED_LINKS)
+    for pair, (images, sfw, weight) in EXPECTED_LINKS.items():
+        assert got[pair][:2] == (images, sfw), pair
+        assert got[pair][2] == (None if weight is None else pytest.approx(weight, abs=1e-4)), pair
+
+
+def test_snapshot_links_equal_the_readme_exactly(engine: Engine):
+    truncate_all(engine)
+    report, counts, _, _ = _build(engine, SNAPSHOT)
+    assert report.items_received == 24 and counts.normalised == 24 and counts.quarantined == 0
+    got = _links(engine)
+    assert set(got) == set(EXPECTED_SNAPSHOT_LINKS)
+    for pair, (images, sfw, weight) in EXPECTED_SNAPSHOT_LINKS.items():
+        assert got[pair][:2] == (images, sfw), pair
+        assert got[pair][2] == pytest.approx(weight, abs=1e-4), pair
+        assert got[pair][6] is True, pair  # all SD 1.5
+    with engine.connect() as conn:
+        nsfw = conn.execute(text("SELECT id FROM models WHERE nsfw ORDER BY id")).scalars().all()
+        unresolved = conn.execute(text(
+            "SELECT count(*) FROM image_resources WHERE resolved_version_id IS NULL AND role <> 'vae'")).scalar_one()
+    assert nsfw == [910006, 910024]
+    assert unresolved == 0  # README: the snapshot has no unresolvable references
+
+
 def test_unresolvable_references_stay_unresolved(built: Engine):
     with built.connect() as conn:
         rows = conn.execute(text(
@@ -335,6 +390,45 @@ def test_malformed_lines_are_quarantined_and_good_items_load(engine: Engine, dum
     assert models == set(MODEL_IDS)
     assert len(rows) == 5
     assert report.quarantined == 3 and counts.quarantined == 2
+
+
+def _dump_of(tmp_path: Path, item: dict) -> Path:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(item) + b"\n")
+    return path
+
+
+def test_nul_characters_in_an_item_do_not_stop_it_loading(engine: Engine, tmp_path: Path):
+    truncate_all(engine)
+    item = next(i for i in read_jsonl("civitai_2023.jsonl") if i["id"] == 100201)
+    item["name"] = "Water\x00color"
+    item["description"] = "<p>soft\x00 washes</p>"
+    item["modelVersions"][0]["images"][0]["meta"]["prompt"] += " \x00"
+    _build(engine, _dump_of(tmp_path, item))
+    with engine.connect() as conn:
+        name, description = conn.execute(text("SELECT name, description_text FROM models WHERE id = 100201")).one()
+        prompts = conn.execute(text("SELECT prompt FROM images WHERE model_id = 100201")).scalars().all()
+    assert "\x00" not in name and name.startswith("Water") and name.endswith("color")
+    assert "soft" in description and "washes" in description and "\x00" not in description
+    assert len(prompts) == 4 and all(p is None or "\x00" not in p for p in prompts)
+
+
+def test_raw_item_keeps_a_literal_backslash_u0000_text(engine: Engine, tmp_path: Path):
+    """models_raw holds items as received; only real NUL characters (which Postgres refuses) may be replaced.
+
+    canonical_json replaces the bytes `\\u0000` in the encoded JSON, which also rewrites the six literal characters
+    backslash-u-0-0-0-0 of a text (written as "\\\\u0000" in JSON) into backslash-u-f-f-f-d.
+    """
+    truncate_all(engine)
+    item = next(i for i in read_jsonl("civitai_2023.jsonl") if i["id"] == 100102)
+    literal = "escape it as \\u0000 in C strings"
+    item["description"] = f"<p>{literal}</p>"
+    _build(engine, _dump_of(tmp_path, item))
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT raw->>'description' FROM models_raw WHERE id = 100102")).scalar_one()
+        description = conn.execute(text("SELECT description_text FROM models WHERE id = 100102")).scalar_one()
+    assert raw == f"<p>{literal}</p>"
+    assert description == literal
 
 
 # ---------------------------------------------------------------------------------------------------------------

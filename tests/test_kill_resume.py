@@ -161,10 +161,10 @@ def test_kill_at_a_random_moment_always_ends_with_the_same_rows(engine: Engine, 
                                                                 tmp_path: Path) -> None:
     outcomes: dict[float, list[tuple]] = {}
     pages_at_kills: dict[float, int] = {}
-    for delay in (0.0, 0.1, 0.35, 0.6, 1.0):  # seconds after the first request; a listing takes ~1.3 s
+    for delay in (0.0, 0.1, 0.35, 0.6, 1.0):  # seconds after the first request; a listing takes >= 1.6 s
         truncate_all(engine)
         stderr_path = tmp_path / f"stderr-{delay}.txt"
-        with FakeCivitai(fixture_items(), page_size=PAGE_SIZE, page_delay=0.15) as fake:
+        with FakeCivitai(fixture_items(), page_size=PAGE_SIZE, page_delay=0.2) as fake:
             proc = start_crawler(fake, database_url, stderr_path)
             try:
                 wait_for_first_request(fake, proc, stderr_path)

@@ -167,16 +167,6 @@ def test_2024_version_position_follows_index_and_2023_the_list_order():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _all_file_rows() -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for model_id in MODELS:
-        try:
-            rows.update({f["id"]: f for f in _normalised(model_id).files})
-        except NormaliseError:
-            pass  # a model that does not normalise is reported by the per-model tests
-    return rows
-
-
 def _raw_files() -> dict[int, dict]:
     return {f["id"]: f for item in ALL_ITEMS.values() for v in item["modelVersions"] for f in v.get("files") or []}
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dagster import AssetKey
 from sqlalchemy import text
 
 from helpers import FIXTURES
@@ -21,17 +22,21 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
     assert job is not None
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"civitai_models_raw", "zoo_catalog", "image_resources", "adapter_checkpoint_links"}
-    assert {key.to_user_string() for key in graph.get(graph.get_all_asset_keys().pop()).parent_keys} <= keys
+    assert keys == {"civitai_models_raw", "zoo_catalog", "image_resources", "adapter_checkpoint_links",
+                    "adapter_descriptions", "zoo_embeddings", "retrieval_index"}
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
                for key in graph.get_all_asset_keys()}
     assert parents["zoo_catalog"] == {"civitai_models_raw"}
     assert parents["adapter_checkpoint_links"] == {"image_resources"}
+    assert parents["adapter_descriptions"] == {"adapter_checkpoint_links"}
+    assert parents["retrieval_index"] == {"zoo_embeddings"}
+    assert graph.get(AssetKey("zoo_embeddings")).partitions_def is not None
     schedule = defs.resolve_schedule_def("daily_zoo_refresh")
     assert schedule.cron_schedule == "0 3 * * *"
     check_names = {key.name for key in graph.asset_check_keys}
     assert check_names == {"nothing_nsfw_served", "no_served_model_without_a_version",
-                           "links_point_at_existing_versions"}
+                           "links_point_at_existing_versions", "every_served_version_has_a_vector",
+                           "no_nsfw_model_has_a_vector"}
 
 
 def test_dagster_loads_the_code_location() -> None:

@@ -1,0 +1,94 @@
+"""Descriptions and [text || image] vectors: incremental writes, per-space HNSW indexes, stale-vector cleanup."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from pgvector.psycopg import register_vector
+from sqlalchemy import Connection, Engine, text
+
+from db.copy import driver_cursor, stage_rows
+
+HNSW_INDEX_PREFIX = "embeddings_hnsw_"  # migrations/env.py leaves indexes with this prefix alone
+HNSW_MAX_DIMENSIONS = 2000  # pgvector 0.6 indexes up to 2,000 dimensions
+
+
+def stored_input_shas(conn: Connection, table: str, key_column: str, key: str, extra: str = "") -> dict[int, str]:
+    """version_id -> input_sha of what is stored for one describer (table descriptions) or space (embeddings)."""
+    rows = conn.execute(text(f"SELECT version_id, input_sha FROM {table} WHERE {key_column} = :key {extra}"),
+                        {"key": key})
+    return dict(rows.all())
+
+
+def upsert_descriptions(conn: Connection, rows: Sequence[dict]) -> None:
+    if not rows:
+        return
+    columns = ("version_id", "describer", "prompt_version", "input_sha", "text", "kind", "trigger_words",
+               "recommended_weight")
+    stage_rows(conn, "stage_descriptions", "descriptions", columns, ([row[c] for c in columns] for row in rows))
+    conn.execute(text(
+        f"""
+        INSERT INTO descriptions ({', '.join(columns)}) SELECT {', '.join(columns)} FROM stage_descriptions
+        ON CONFLICT (version_id, describer, prompt_version) DO UPDATE SET input_sha = EXCLUDED.input_sha,
+            text = EXCLUDED.text, kind = EXCLUDED.kind, trigger_words = EXCLUDED.trigger_words,
+            recommended_weight = EXCLUDED.recommended_weight, created_at = now()
+        """
+    ))
+
+
+def upsert_embeddings(conn: Connection, space: str, rows: Sequence[dict]) -> None:
+    """Rows: version_id, role, emb (numpy float32), text_dim, image_dim, images_embedded, input_sha."""
+    if not rows:
+        return
+    register_vector(conn.connection.driver_connection)
+    columns = ("version_id", "space", "role", "emb", "text_dim", "image_dim", "images_embedded", "input_sha")
+    stage_rows(conn, "stage_embeddings", "embeddings", columns,
+               ([row["version_id"], space, row["role"], np.asarray(row["emb"], dtype=np.float32), row["text_dim"],
+                 row["image_dim"], row["images_embedded"], row["input_sha"]] for row in rows))
+    conn.execute(text(
+        f"""
+        INSERT INTO embeddings ({', '.join(columns)}) SELECT {', '.join(columns)} FROM stage_embeddings
+        ON CONFLICT (version_id, space) DO UPDATE SET role = EXCLUDED.role, emb = EXCLUDED.emb,
+            text_dim = EXCLUDED.text_dim, image_dim = EXCLUDED.image_dim,
+            images_embedded = EXCLUDED.images_embedded, input_sha = EXCLUDED.input_sha, created_at = now()
+        """
+    ))
+
+
+def delete_unserved(conn: Connection, table: str) -> int:
+    """Drop descriptions or vectors of versions serving may no longer return (turned NSFW, deleted, unlisted)."""
+    return conn.execute(text(
+        f"DELETE FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM served_model_versions s WHERE s.version_id = t.version_id)"
+    )).rowcount
+
+
+def hnsw_index_name(space: str, role: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", space.lower()).strip("_")[:30]
+    digest = hashlib.blake2b(f"{space}/{role}".encode(), digest_size=4).hexdigest()
+    return f"{HNSW_INDEX_PREFIX}{slug}_{role}_{digest}"
+
+
+def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Sequence[str] = ("checkpoint", "adapter"),
+                        m: int = 16, ef_construction: int = 64) -> list[str]:
+    """One partial HNSW index (inner product) per space and role; built with maintenance_work_mem raised
+    (a build is several times slower with the 64 MB default). Returns the indexes created now."""
+    if not 0 < dimension <= HNSW_MAX_DIMENSIONS:
+        raise ValueError(f"pgvector 0.6 indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, space {space!r} has {dimension}")
+    created = []
+    with engine.begin() as conn:
+        existing = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")).scalars())
+        conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+        for role in roles:
+            name = hnsw_index_name(space, role)
+            if name in existing:
+                continue
+            literal = space.replace("'", "''")
+            driver_cursor(conn).execute(
+                f"CREATE INDEX {name} ON embeddings USING hnsw ((emb::vector({dimension})) vector_ip_ops) "
+                f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE space = '{literal}' AND role = '{role}'")
+            created.append(name)
+        conn.execute(text("ANALYZE embeddings"))
+    return created

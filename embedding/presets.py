@@ -1,0 +1,63 @@
+"""Build the describer, encoders and image fetcher a Settings object asks for (lite or full preset)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from config import Settings
+from embedding.describers import Describer, make_describer
+from embedding.encoders import ImageEncoder, MiniLMTextEncoder, OpenClipEncoder, TextEncoder
+from embedding.image_fetch import ImageFetcher
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model-relevant part of the settings (hashable, so built models can be cached per process)."""
+
+    describer: str
+    text_encoder: str
+    image_encoder: str
+    clip_model: str
+    clip_pretrained: str
+    describer_base_url: str | None
+    describer_model: str | None
+    describer_api_key: str | None
+    vlm_model: str
+    cache_dir: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelChoice:
+        return cls(settings.describer, settings.text_encoder, settings.image_encoder, settings.clip_model,
+                   settings.clip_pretrained, settings.describer_base_url, settings.describer_model,
+                   settings.describer_api_key, settings.vlm_model, str(settings.zoo_home / "models"))
+
+
+@lru_cache(maxsize=4)
+def build_describer(choice: ModelChoice) -> Describer:
+    if choice.describer == "openai":
+        return make_describer("openai", base_url=choice.describer_base_url, model=choice.describer_model,
+                              api_key=choice.describer_api_key)
+    if choice.describer == "vlm":
+        return make_describer("vlm", model=choice.vlm_model)
+    return make_describer("card-text")
+
+
+@lru_cache(maxsize=4)
+def _clip(model: str, pretrained: str, cache_dir: str) -> OpenClipEncoder:
+    return OpenClipEncoder(model, pretrained, cache_dir=cache_dir)
+
+
+@lru_cache(maxsize=4)
+def build_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder | None]:
+    """The text encoder and (if the preset has one) the image encoder; one CLIP model serves both halves."""
+    clip = None
+    if "openclip" in (choice.text_encoder, choice.image_encoder):
+        clip = _clip(choice.clip_model, choice.clip_pretrained, choice.cache_dir)
+    text_encoder: TextEncoder = clip if choice.text_encoder == "openclip" else MiniLMTextEncoder()
+    image_encoder = clip if choice.image_encoder == "openclip" else None
+    return text_encoder, image_encoder
+
+
+def build_image_fetcher(settings: Settings) -> ImageFetcher:
+    return ImageFetcher(settings.zoo_home / "images")

@@ -1,0 +1,201 @@
+"""Two-level retrieval: the best checkpoints for a query, then adapters compatible with the chosen one.
+
+Each level is one SQL round trip that walks the space's partial HNSW index (inner product on [text || image]) for a
+candidate pool, then re-scores the pool with usage evidence: semantic similarity alone finds few right answers on
+real data, popularity is the strongest single signal for checkpoints, and co-usage with the chosen checkpoint helps
+adapters as a boost (a hard filter on it throws most right answers away); the only hard filter is base-model family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sqlalchemy import Engine, text
+
+from embedding.encoders import ImageEncoder, TextEncoder
+from embedding.refresh import space_name
+
+KIND_ORDER = ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
+
+
+@dataclass(frozen=True)
+class Filters:
+    base_models: Sequence[str] = ()
+    types: Sequence[str] = ()
+    commercial_use: str | None = None  # e.g. 'Image', 'Rent', 'Sell': the licence must allow it
+    min_downloads: int = 0
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How evidence combines: score = similarity + popularity * log-downloads + co_usage * log-images."""
+
+    text: float = 1.0
+    image: float = 1.0
+    checkpoint_popularity: float = 0.25
+    adapter_popularity: float = 0.08
+    co_usage: float = 0.15
+
+
+@dataclass
+class Hit:
+    model_id: int
+    version_id: int
+    name: str
+    version_name: str
+    type: str
+    kind: str
+    base_model: str | None
+    base_model_family: str
+    score: float
+    similarity: float
+    downloads: int
+    co_usage_images: int
+    trigger_words: list[str]
+    recommended_weight: float | None
+    download_url: str | None
+    why: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    checkpoints: list[Hit]
+    adapters: list[Hit]
+    adapters_by_kind: dict[str, list[Hit]] = field(default_factory=dict)
+
+
+_POPULARITY = "least(1.0, ln(1 + s.model_download_count) / ln(1000000.0))"
+_SELECT = """
+    SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
+           coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
+           s.base_model, s.base_model_family, c.similarity, s.model_download_count AS downloads,
+           coalesce(d.trigger_words, s.trained_words) AS trigger_words, d.recommended_weight, s.download_url
+"""
+
+
+class Retriever:
+    def __init__(self, engine: Engine, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None, *,
+                 describer: str = "card-text", prompt_version: str = "", ef_search: int = 200,
+                 candidate_pool: int = 200, weights: Weights = Weights()) -> None:
+        self.engine = engine
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.space = space_name(text_encoder, image_encoder)
+        self.image_dim = image_encoder.image_dim if image_encoder else 0
+        self.dimension = text_encoder.text_dim + self.image_dim
+        self.describer, self.prompt_version = describer, prompt_version
+        self.ef_search = max(int(ef_search), int(candidate_pool))
+        self.candidate_pool = int(candidate_pool)
+        self.weights = weights
+
+    def query_vector(self, query: str | None, image=None) -> np.ndarray:
+        """[w_text * q_text || w_image * q_image], so its inner product with a stored [t || i] is
+        w_text <q, t> + w_image <q, i>; the missing modality contributes nothing."""
+        if not query and image is None:
+            raise ValueError("a search needs a text query, an image, or both")
+        vector = np.zeros(self.dimension, dtype=np.float32)
+        if query:
+            vector[: self.text_encoder.text_dim] = self.weights.text * self.text_encoder.encode_text([query])[0]
+        if image is not None:
+            if self.image_encoder is None:
+                raise ValueError("this preset has no image encoder: search by text, or use ZOO_PRESET=full")
+            vector[self.text_encoder.text_dim:] = self.weights.image * self.image_encoder.encode_images([image])[0]
+        return vector
+
+    def _pool_sql(self, role: str) -> str:
+        space = self.space.replace("'", "''")
+        return f"""
+            WITH c AS (
+                SELECT e.version_id, -(e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension})))
+                       AS similarity
+                FROM embeddings e WHERE e.space = '{space}' AND e.role = '{role}'
+                ORDER BY e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension})) LIMIT :pool
+            )"""
+
+    @staticmethod
+    def _filter_sql(filters: Filters) -> tuple[str, dict]:
+        clauses, params = [], {}
+        if filters.base_models:
+            clauses.append("s.base_model = ANY(:base_models)")
+            params["base_models"] = list(filters.base_models)
+        if filters.types:
+            clauses.append("s.model_type = ANY(:types)")
+            params["types"] = list(filters.types)
+        if filters.commercial_use:
+            clauses.append(":commercial = ANY(s.allow_commercial_use)")
+            params["commercial"] = filters.commercial_use
+        if filters.min_downloads:
+            clauses.append("s.model_download_count >= :min_downloads")
+            params["min_downloads"] = filters.min_downloads
+        return "".join(f" AND {clause}" for clause in clauses), params
+
+    def _run(self, sql: str, params: dict) -> list[dict]:
+        with self.engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL hnsw.ef_search = {self.ef_search}"))
+            return [dict(row) for row in conn.execute(text(sql), params).mappings()]
+
+    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
+        where, params = self._filter_sql(Filters(filters.base_models, (), filters.commercial_use, filters.min_downloads))
+        sql = self._pool_sql("checkpoint") + _SELECT + f""",
+                   c.similarity + :pop * {_POPULARITY} AS score, 0 AS co_usage_images
+            FROM c JOIN served_model_versions s ON s.version_id = c.version_id
+            LEFT JOIN descriptions d ON d.version_id = c.version_id AND d.describer = :describer
+                 AND d.prompt_version = :prompt_version
+            WHERE true {where} ORDER BY score DESC, s.version_id LIMIT :k"""
+        rows = self._run(sql, {**params, **self._common(q, top_k), "pop": self.weights.checkpoint_popularity})
+        return [self._hit(row, None) for row in rows]
+
+    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters()) -> list[Hit]:
+        where, params = self._filter_sql(filters)
+        if checkpoint is not None:
+            where += " AND s.base_model_family = :family"
+            params["family"] = checkpoint.base_model_family
+        sql = self._pool_sql("adapter") + _SELECT + f""",
+                   c.similarity + :pop * {_POPULARITY}
+                   + :co * least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0)) AS score,
+                   coalesce(l.image_count, 0) AS co_usage_images
+            FROM c JOIN served_model_versions s ON s.version_id = c.version_id
+            LEFT JOIN descriptions d ON d.version_id = c.version_id AND d.describer = :describer
+                 AND d.prompt_version = :prompt_version
+            LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id
+                 AND l.checkpoint_version_id = :checkpoint
+            WHERE s.model_type <> 'Checkpoint' {where} ORDER BY score DESC, s.version_id LIMIT :k"""
+        rows = self._run(sql, {**params, **self._common(q, top_k), "pop": self.weights.adapter_popularity,
+                               "co": self.weights.co_usage,
+                               "checkpoint": checkpoint.version_id if checkpoint else -1})
+        return [self._hit(row, checkpoint) for row in rows]
+
+    def search(self, query: str | None, image=None, *, top_k: int = 10, top_checkpoints: int = 3,
+               filters: Filters = Filters()) -> SearchResult:
+        q = self.query_vector(query, image)
+        checkpoints = self.checkpoints(q, top_checkpoints, filters)
+        adapters = self.adapters(q, checkpoints[0] if checkpoints else None, top_k, filters)
+        by_kind: dict[str, list[Hit]] = {}
+        for hit in adapters:
+            by_kind.setdefault(hit.kind, []).append(hit)
+        rank = {kind: position for position, kind in enumerate(KIND_ORDER)}
+        ordered = {kind: by_kind[kind] for kind in sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))}
+        return SearchResult(checkpoints, adapters, ordered)
+
+    def _common(self, q: np.ndarray, top_k: int) -> dict:
+        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "pool": self.candidate_pool,
+                "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version}
+
+    @staticmethod
+    def _hit(row: dict, checkpoint: Hit | None) -> Hit:
+        why = [f"similarity {row['similarity']:.3f}", f"{row['downloads']:,} downloads"]
+        if checkpoint is not None:
+            why.append(f"{row['co_usage_images']} images with {checkpoint.name}" if row["co_usage_images"]
+                       else f"compatible with {checkpoint.base_model_family}")
+        return Hit(model_id=row["model_id"], version_id=row["version_id"], name=row["name"],
+                   version_name=row["version_name"], type=row["type"], kind=row["kind"],
+                   base_model=row["base_model"], base_model_family=row["base_model_family"],
+                   score=round(float(row["score"]), 6), similarity=round(float(row["similarity"]), 6),
+                   downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
+                   trigger_words=list(row["trigger_words"] or []),
+                   recommended_weight=row["recommended_weight"], download_url=row["download_url"],
+                   why="; ".join(why))
