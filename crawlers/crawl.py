@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine
 
-from crawlers.civitai_client import CivitaiClient, CivitaiNotFound
+from crawlers.civitai_client import CivitaiClient, CivitaiError, CivitaiNotFound
 from crawlers.ingest import IngestReport, store_items
 from db import crawl_store
 
@@ -29,17 +29,34 @@ def crawl_listing(engine: Engine, client: CivitaiClient, *, types: Sequence[str]
                   on_page: Callable[[int, int], None] | None = None) -> IngestReport:
     """Crawl one filtered listing to its end (or to `max_pages` pages counted from the crawl's start)."""
     types, base_models = list(types), list(base_models)
-    params = {"types": types, "baseModels": base_models, "sort": sort, "max_pages": max_pages}
     key = listing_key(client, types, base_models, sort)
+    params = {"key": key, "types": types, "baseModels": base_models, "sort": sort, "max_pages": max_pages}
+    first_url = client.models_listing_url(types, base_models, sort)
+    with crawl_store.listing_lock(engine, key):
+        return _crawl(engine, client, key, params, first_url, types, base_models, max_pages, on_page)
+
+
+def _crawl(engine: Engine, client: CivitaiClient, key: str, params: dict, first_url: str, types: list[str],
+           base_models: list[str], max_pages: int | None, on_page: Callable[[int, int], None] | None) -> IngestReport:
     report = IngestReport()
     with engine.begin() as conn:
+        crawl_store.close_interrupted_runs(conn, key)
         run_id = crawl_store.open_run(conn, API_SOURCE, params)
-        position = crawl_store.start_or_resume(conn, key, params, client.models_listing_url(types, base_models, sort))
+        position = crawl_store.start_or_resume(conn, key, params, first_url)
     if position.resumed:
         log.info("resuming crawl of %s after %d pages", key, position.pages_done)
     try:
         while position.next_url and (max_pages is None or position.pages_done < max_pages):
-            items, next_url = client.models_page(position.next_url)
+            try:
+                items, next_url = client.models_page(position.next_url)
+            except CivitaiError as error:
+                if not (position.resumed and error.status == 400):
+                    raise
+                # The saved cursor is no longer accepted (cursors are opaque and may expire): start over.
+                log.warning("saved cursor refused (%s); crawling %s from its first page again", error, key)
+                with engine.begin() as conn:
+                    position = crawl_store.start_or_resume(conn, key, params, first_url, restart=True)
+                continue
             if next_url == position.next_url:
                 next_url = None  # a cursor that points at itself would loop forever
             with engine.begin() as conn:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 
 @dataclass
@@ -17,9 +19,37 @@ class CrawlPosition:
     resumed: bool = False
 
 
-def start_or_resume(conn: Connection, key: str, params: dict, first_url: str) -> CrawlPosition:
+class CrawlBusy(RuntimeError):
+    """Another process is crawling the same listing right now."""
+
+
+@contextmanager
+def listing_lock(engine: Engine, key: str) -> Iterator[None]:
+    """Hold a session advisory lock on the listing for the whole crawl: two crawls of one listing would fight
+    over its cursor. The lock dies with its connection, so a killed crawl never leaves it held."""
+    with engine.connect() as conn:
+        if not conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:key))"), {"key": key}).scalar_one():
+            raise CrawlBusy(f"another crawl of {key} is running")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": key})
+            conn.commit()
+
+
+def close_interrupted_runs(conn: Connection, key: str) -> None:
+    """Runs of this listing still marked running belong to crawls that died (we hold the listing's lock)."""
+    conn.execute(text(
+        "UPDATE crawl_runs SET status = 'interrupted', finished_at = now(), "
+        "error = 'the crawling process ended without closing its run' "
+        "WHERE status = 'running' AND params->>'key' = :key"
+    ), {"key": key})
+
+
+def start_or_resume(conn: Connection, key: str, params: dict, first_url: str, restart: bool = False) -> CrawlPosition:
     """Resume an unfinished crawl of this listing, or start it afresh (a finished one is crawled again)."""
-    row = conn.execute(text(
+    row = None if restart else conn.execute(text(
         "SELECT next_url, pages_done, seen_ids FROM crawl_state WHERE key = :key AND finished_at IS NULL FOR UPDATE"
     ), {"key": key}).first()
     if row is not None and row.next_url:

@@ -46,6 +46,7 @@ WEIGHT_LIMIT = 2.0
 # Invisible and unsafe characters: C0/C1 controls (not \t \n), zero-width and bidi controls, BOM, lone surrogates
 # (which cannot even be encoded to UTF-8 for an HTTP request).
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ud800-\udfff]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]{0,32}[ -/]{0,4}[@-~]")  # terminal colour codes pasted from a console
 _EMOJI = re.compile(r"[\u2190-\u21ff\u2300-\u23ff\u2460-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff\ufe0f]")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _PROMPT_TAG = re.compile(r"<\s*(?:lora|lyco|lycoris|hypernet|embedding)\s*:[^<>]{0,300}>", re.IGNORECASE)
@@ -69,7 +70,8 @@ _NOISE = re.compile(
 # Text addressed to a language model rather than to a reader: never repeated into a description.
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules|above|previous)\b"
-    r"|\bsystem\s+prompt\b|\byou\s+are\s+(?:now\s+)?(?:an?\s+)?(?:ai|assistant|language\s+model|chatgpt|gpt|llm)\b"
+    r"|\bsystem\s+prompt\b|\byou\s+are\s+now\b|\bfrom\s+now\s+on\b|\bnew\s+instructions\b|\bpretend\s+to\b"
+    r"|\byou\s+are\s+(?:an?\s+)?(?:ai|assistant|language\s+model|chatgpt|gpt|llm)\b"
     r"|\b(?:assistant|system)\s*:|\bjson\b",
     re.IGNORECASE,
 )
@@ -144,8 +146,9 @@ _TYPE_KINDS = {"Checkpoint": "checkpoint", "Poses": "pose"}
 
 
 def strip_invisible(text: str) -> str:
-    """Text without control, zero-width, bidi and surrogate characters, NFKC-normalised (full-width -> ASCII)."""
-    return unicodedata.normalize("NFKC", _INVISIBLE.sub("", text))
+    """Text without terminal escapes, control, zero-width, bidi and surrogate characters, NFKC-normalised
+    (full-width -> ASCII)."""
+    return unicodedata.normalize("NFKC", _INVISIBLE.sub("", _ANSI.sub("", text)))
 
 
 def clean_text(text: object, limit: int = _MAX_CARD_CHARS) -> str:
@@ -220,7 +223,7 @@ def prompt_phrases(prompts: Sequence[object], exclude: Iterable[str] = ()) -> li
             if (not phrase or phrase in seen or phrase in excluded or phrase in _QUALITY
                     or _QUALITY_PATTERN.match(phrase) or not _LETTER.search(phrase)
                     or len(phrase) > _MAX_PHRASE_CHARS or len(phrase.split()) > _MAX_PHRASE_WORDS
-                    or _URL.search(phrase)):
+                    or _URL.search(phrase) or _INJECTION.search(phrase)):
                 continue
             seen.add(phrase)
             counts[phrase] += 1

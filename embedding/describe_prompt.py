@@ -35,8 +35,7 @@ _LIST_ITEMS = 24
 _REPLY_CHARS = 20_000
 _JSON_ATTEMPTS = 64
 _MIN_DESCRIPTION_LETTERS = 12
-# Our own fences, and chat-template control tokens (<|im_end|>, <|image_pad|>, ...) that a server or processor
-# would otherwise read as structure rather than as the author's text.
+# Our own fences; removed from card content (with chat-template tokens) so the quoted data cannot close them.
 _FENCE = re.compile(r"</?\s*card\s*>", re.IGNORECASE)
 _LETTER = re.compile(r"[^\W\d_]")
 

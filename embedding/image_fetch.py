@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import tempfile
@@ -19,10 +20,12 @@ import urllib.request
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from PIL import Image, ImageOps
 
 # Formats the web serves images in. Pillow would otherwise try every plugin it has, including EPS (which runs
@@ -32,6 +35,7 @@ WEB_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP")
 _URLLIB_SCHEMES = frozenset({"file", "ftp", "data"})
 _CHUNK = 64 * 1024
 _WIDTH = re.compile(r"(?<=[/,])width=\d+(?=[,/])")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,12 @@ class ImageFetcher:
 
     @staticmethod
     def _new_session() -> requests.Session:
+        """Few redirects, and no cookies: fetches stay independent of each other (and of other threads)."""
         session = requests.Session()
         session.max_redirects = 5
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         session.headers["User-Agent"] = "zoo-image-fetch/0.1"
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -138,7 +144,7 @@ class ImageFetcher:
         path = self.cache_path(url)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:  # absent, or unreadable: either way the network has it
             return None
         try:
             return self._decode(data)
@@ -148,23 +154,29 @@ class ImageFetcher:
 
     def _write_cache(self, url: str, data: bytes) -> None:
         """Only bytes that decoded are cached, so a transient bad response is retried next time. Atomic rename:
-        parallel workers and killed runs never leave a half-written entry."""
+        parallel workers and killed runs never leave a half-written entry. A cache that cannot be written (disk
+        full, read-only) costs a re-download later, not this image."""
         path = self.cache_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as exc:
+            log.warning("image cache not written for %s: %s", path, exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def _check_url(self, url: str) -> None:
         """Checked before the cache too, so a fetcher that forbids a scheme never serves it from a shared cache."""
-        if not isinstance(url, str) or not url:
+        try:
+            scheme = urlsplit(url).scheme.lower() if isinstance(url, str) and url else None
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            scheme = None
+        if scheme is None:
             raise _Rejected(f"not a URL: {url!r}")
-        scheme = urlsplit(url).scheme.lower()
         if scheme not in self.allowed_schemes:
             raise _Rejected(f"scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(sorted(self.allowed_schemes))})")
 

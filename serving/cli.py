@@ -40,7 +40,7 @@ class _ProgressHandler(logging.Handler):
 
 
 def _run_with_progress(title: str, **refresh_args):
-    from orchestration.run import run_refresh
+    from orchestration.run import refresh_zoo
 
     with err.status(title) as status:
         handler = _ProgressHandler(status)
@@ -49,22 +49,14 @@ def _run_with_progress(title: str, **refresh_args):
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         try:
-            return run_refresh(**refresh_args)
+            return refresh_zoo(**refresh_args)
         finally:
             for logger in watched:
                 logger.removeHandler(handler)
 
 
 def _report_run(result, as_json: bool) -> int:
-    materialized = {
-        event.asset_key.to_user_string(): {key: value.value for key, value in event.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
-    }
-    checks = {event.check_name: event.passed for event in result.get_asset_check_evaluations()}
-    failures = [
-        f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
-        for event in result.all_events if event.is_step_failure
-    ]
+    materialized, checks, failures = result.materializations(), result.checks(), result.failures()
     if as_json:
         print(json.dumps({"success": result.success, "assets": materialized, "checks": checks, "failures": failures},
                          default=str))
@@ -136,7 +128,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = _report_run(result, False)
     if code == EXIT_OK:
         _print_summary(False)
+        from serving.api import open_retriever
+
+        retriever = open_retriever()
+        _print_answers([(prompt, retriever.search(prompt, top_k=5)) for prompt in DEMO_PROMPTS])
     return code
+
+
+DEMO_PROMPTS = (
+    "a watercolor painting of a lighthouse at dusk",
+    "anime girl in a knitted winter sweater",
+    "pixel art castle on a hill",
+    "portrait photo of an old fisherman, soft window light",
+    "ink wash mountains in the mist",
+)
+
+
+def _filters(args: argparse.Namespace):
+    from serving.retrieval import Filters
+
+    return Filters(base_models=tuple(args.base_models or ()), types=tuple(args.types or ()),
+                   commercial_use=args.commercial_use, min_downloads=args.min_downloads)
+
+
+def _print_answers(answers: list[tuple[str, object]]) -> None:
+    out = Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(title="Answers")
+    for column in ("prompt", "checkpoint", "adapters (kind, weight)", "why (top adapter)"):
+        table.add_column(column)
+    for prompt, result in answers:
+        checkpoint = result.checkpoints[0].name if result.checkpoints else "-"
+        adapters = ", ".join(f"{hit.name} ({hit.kind}, {hit.recommended_weight or 1:.2g})"
+                             for hit in result.adapters[:3]) or "-"
+        table.add_row(prompt, checkpoint, adapters, result.adapters[0].why if result.adapters else "-")
+    out.print(table)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from serving.api import load_query_image, open_retriever
+
+    if not args.query and not args.image and not args.queries:
+        err.print("[red]give a prompt, --image PATH, or --queries FILE")
+        return EXIT_USAGE
+    try:
+        image = load_query_image(args.image) if args.image else None
+    except ValueError as error:
+        err.print(f"[red]{error}")
+        return EXIT_USAGE
+    retriever = open_retriever()
+    filters = _filters(args)
+    if args.queries:
+        return _search_many(retriever, Path(args.queries), args, filters)
+    result = retriever.search(args.query, image, top_k=args.top_k, top_checkpoints=args.checkpoints, filters=filters)
+    if args.json:
+        print(json.dumps({"query": args.query, "checkpoints": [h.as_dict() for h in result.checkpoints],
+                          "adapters": [h.as_dict() for h in result.adapters]}, ensure_ascii=False))
+        return EXIT_OK
+    out = Console(width=None if sys.stdout.isatty() else 140)
+    for title, hits in (("Checkpoints", result.checkpoints), *((f"Adapters: {k}", v) for k, v in
+                                                               result.adapters_by_kind.items())):
+        table = Table(title=title)
+        for column in ("name", "version", "base model", "score", "weight", "trigger words", "why"):
+            table.add_column(column)
+        for hit in hits:
+            table.add_row(hit.name, hit.version_name, hit.base_model or "-", f"{hit.score:.3f}",
+                          f"{hit.recommended_weight:.2g}" if hit.recommended_weight is not None else "-",
+                          ", ".join(hit.trigger_words[:3]), hit.why)
+        out.print(table)
+    if not result.checkpoints and not result.adapters:
+        err.print("the zoo has no vectors yet: run `zoo refresh` (or `zoo demo`) first")
+    return EXIT_OK
+
+
+def _search_many(retriever, path: Path, args: argparse.Namespace, filters) -> int:
+    """JSON Lines in ({"qid", "query"}), one JSON line out per query; a bad line gets an error line, not a crash."""
+    if not path.is_file():
+        err.print(f"[red]queries file not found: {path}")
+        return EXIT_USAGE
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            qid = None
+            try:
+                item = json.loads(line)
+                qid = item.get("qid", number) if isinstance(item, dict) else number
+                query = item.get("query") if isinstance(item, dict) else None
+                if not isinstance(query, str) or not query.strip():
+                    raise ValueError("no query text")
+                result = retriever.search(query[:4000], top_k=args.top_k, top_checkpoints=args.checkpoints,
+                                          filters=filters)
+                answer = {"qid": qid, "checkpoints": [h.as_dict() for h in result.checkpoints],
+                          "adapters": [h.as_dict() for h in result.adapters]}
+            except (ValueError, AttributeError) as error:
+                answer = {"qid": qid if qid is not None else number, "error": f"line {number}: {error}"}
+            print(json.dumps(answer, ensure_ascii=False), flush=True)
+    return EXIT_OK
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -179,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(handler=cmd_demo)
 
+    search = commands.add_parser("search", help="the checkpoints and adapters that serve a prompt (or an image)")
+    search.add_argument("query", nargs="?", help="the prompt")
+    search.add_argument("--image", help="an image to search by (the full preset embeds images)")
+    search.add_argument("--queries", help="JSON Lines of {\"qid\": ..., \"query\": ...}; one JSON line out per query")
+    search.add_argument("--top-k", type=int, default=10, help="adapters to return")
+    search.add_argument("--checkpoints", type=int, default=3, help="checkpoints to return")
+    search.add_argument("--base-models", nargs="+", help="only these base models, e.g. 'SD 1.5'")
+    search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
+    search.add_argument("--commercial-use", help="the licence must allow this use: Image, Rent, RentCivit or Sell")
+    search.add_argument("--min-downloads", type=int, default=0)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
+
     summary = commands.add_parser("summary", help="what is in the zoo")
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(handler=cmd_summary)
@@ -193,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "max_pages", None) is not None and args.max_pages < 1:
         err.print("[red]--max-pages must be at least 1")
+        return EXIT_USAGE
+    if getattr(args, "top_k", 1) < 1 or getattr(args, "checkpoints", 1) < 0:
+        err.print("[red]--top-k must be at least 1 and --checkpoints at least 0")
         return EXIT_USAGE
     try:
         Settings.from_env()

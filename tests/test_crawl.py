@@ -280,7 +280,7 @@ def test_items_without_usable_ids_are_quarantined_and_the_rest_stored(db: Engine
         assert conn.execute(text("SELECT count(*) FROM quarantine")).scalar_one() == 2
 
 
-def test_a_400_on_the_listing_fails_the_crawl(db: Engine, fake: FakeCivitai) -> None:
+def test_a_refused_saved_cursor_restarts_the_listing(db: Engine, fake: FakeCivitai) -> None:
     class Interrupted(Exception):
         pass
 
@@ -296,17 +296,31 @@ def test_a_400_on_the_listing_fails_the_crawl(db: Engine, fake: FakeCivitai) -> 
         conn.execute(text("UPDATE crawl_state SET next_url = :u"), {"u": bad_url})
 
     fake.requests.clear()
+    crawl(db, fake)
+    assert fake.requests[0].query["cursor"] == ["!!stale!!"] and fake.requests[0].status == 400
+    assert "cursor" not in fake.requests[1].query  # started over from the first page, not retried
+    assert runs(db)[-1].status == "succeeded"
+    assert sorted(raw_by_id(db)) == sorted(i["id"] for i in fake.items)
+
+
+def test_a_400_on_a_fresh_listing_fails_the_crawl(db: Engine, fake: FakeCivitai) -> None:
+    client = make_client(fake)
+    bad = client.models_listing_url().replace("limit=100", "limit=500")
+    fake.requests.clear()
     with pytest.raises(CivitaiError) as caught:
-        crawl(db, fake)
+        client.models_page(bad)
     assert not isinstance(caught.value, CivitaiNotFound)
     assert caught.value.status == 400
     assert len(fake.requests) == 1  # not retried
-    assert fake.requests[0].query["cursor"] == ["!!stale!!"]
-    last = runs(db)[-1]
-    assert last.status == "failed"
-    assert last.finished_at is not None
-    assert "400" in last.error and "Invalid cursor" in last.error
-    assert sorted(raw_by_id(db)) == sorted(i["id"] for i in fake.items[:3])  # only the first page was stored
+
+
+def test_a_second_crawl_of_a_listing_being_crawled_is_refused(db: Engine, fake: FakeCivitai) -> None:
+    from crawlers.crawl import listing_key
+    from db.crawl_store import CrawlBusy, listing_lock
+
+    with listing_lock(db, listing_key(make_client(fake), [], [], "Newest")):
+        with pytest.raises(CrawlBusy):
+            crawl(db, fake)
 
 
 # ------------------------------------------------------------------ the whole Dagster job

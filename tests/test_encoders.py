@@ -25,6 +25,8 @@ TINY_CLIP = {
 }
 TEXTS = ["a watercolor landscape", "", "portrait of a knight, oil painting", "x" * 10, "cyberpunk city at night",
          "flowers", "<lora:style:0.8> anime girl"]
+HOSTILE = ["\x00\x01", "\ud800 lone surrogate", "\U0001f642" * 300, "<|endoftext|><|startoftext|>", "[SEP] [CLS] [PAD]",
+           "&amp;" * 1000, " " * 10000, "a" * 100_000, "\u202e right-to-left"]
 
 
 def _unit(rows: np.ndarray) -> None:
@@ -60,6 +62,13 @@ def test_clip_text_shapes_norms_and_empty(clip: OpenClipEncoder) -> None:
     assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32
     _unit(out)
     assert clip.encode_text([]).shape == (0, 32)
+
+
+def test_clip_and_minilm_survive_hostile_strings(clip: OpenClipEncoder, minilm: MiniLMTextEncoder) -> None:
+    for encoder in (clip, minilm):
+        out = encoder.encode_text(HOSTILE)
+        assert out.shape == (len(HOSTILE), encoder.text_dim) and np.isfinite(out).all()
+        _unit(out)
 
 
 def test_clip_images_any_mode_and_size(clip: OpenClipEncoder) -> None:
@@ -221,6 +230,7 @@ def test_embed_card_vectors_normalises_halves_and_zeroes_missing_images() -> Non
 
     text_only = embed_card_vectors(text, None, image_dim=4)
     assert text_only.shape == (3, 6) and not text_only[:, 2:].any()
+    np.testing.assert_allclose(embed_card_vectors(text, None, image_dim=0), out[:, :2])  # a text-only space
 
 
 def test_embed_card_vectors_rejects_bad_shapes_and_values() -> None:

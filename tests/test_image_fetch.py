@@ -106,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, STATIC[path], Content_Type="image/png")
         elif path == "/redirect":
             self._send(302, Location="/good.png")
+        elif path == "/redirect-to-file":
+            self._send(302, Location="file:///etc/passwd")
         elif path == "/redirect-loop":
             self._send(302, Location="/redirect-loop")
         elif path == "/oversize-no-length":  # HTTP/1.0: the body ends when the connection closes
@@ -220,13 +222,14 @@ def test_redirects_are_followed_within_limits(server: str, fetcher: ImageFetcher
     result = fetcher.fetch(f"{server}/redirect")
     assert result.error is None and result.image.size == (64, 48)
     _failed(fetcher.fetch(f"{server}/redirect-loop"), "TooManyRedirects")
+    _failed(fetcher.fetch(f"{server}/redirect-to-file"), "InvalidSchema")
 
 
 def test_non_http_schemes_are_rejected_unless_allowed(tmp_path: Path, fetcher: ImageFetcher) -> None:
     local = tmp_path / "local.png"
     local.write_bytes(GOOD_PNG)
     data_url = "data:image/png;base64," + base64.b64encode(GOOD_PNG).decode()
-    for url in (local.as_uri(), "ftp://127.0.0.1/x.png", data_url, "javascript:alert(1)", "/etc/passwd", "", None):
+    for url in (local.as_uri(), "ftp://127.0.0.1/x.png", data_url, "javascript:alert(1)", "/etc/passwd", "http://[::1", "", None):
         _failed(fetcher.fetch(url), "not allowed", "not a URL")  # type: ignore[arg-type]
     permissive = ImageFetcher(tmp_path / "cache2", allowed_schemes=("http", "https", "file", "data"))
     assert permissive.fetch(local.as_uri()).image.size == (64, 48)
