@@ -45,7 +45,9 @@ WEIGHT_LIMIT = 2.0
 
 # Invisible and unsafe characters: C0/C1 controls (not \t \n), zero-width and bidi controls, BOM, lone surrogates
 # (which cannot even be encoded to UTF-8 for an HTTP request).
-_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ud800-\udfff]")
+_INVISIBLE = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ud800-\udfff]"
+)
 _ANSI = re.compile(r"\x1b\[[0-9;?]{0,32}[ -/]{0,4}[@-~]")  # terminal colour codes pasted from a console
 _EMOJI = re.compile(r"[\u2190-\u21ff\u2300-\u23ff\u2460-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff\ufe0f]")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)

@@ -21,7 +21,7 @@ import requests
 
 from embedding.describe_card import safe_describe_card
 from embedding.describe_prompt import LLM_PROMPT_VERSION, SYSTEM_PROMPT, card_prompt, repair
-from embedding.description import AdapterCard, Description, DescriberError
+from embedding.description import AdapterCard, DescriberError, Description
 from embedding.example_images import image_data_uri, load_image
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class OpenAICompatibleDescriber:
             if not _is_http_url(url):
                 continue
             if self.inline_images:
-                image = load_image(url, timeout=min(self.timeout, 30.0))
+                image = load_image(url)  # the shared ImageFetcher: its caps and disk cache
                 if image is None:
                     continue
                 url = image_data_uri(image)

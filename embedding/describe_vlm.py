@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedding.describe_card import safe_describe_card
 from embedding.describe_prompt import LLM_PROMPT_VERSION, SYSTEM_PROMPT, card_prompt, repair
-from embedding.description import AdapterCard, Description, DescriberError
+from embedding.description import AdapterCard, DescriberError, Description
 from embedding.example_images import MAX_SIDE, load_image
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class TransformersVLMDescriber:
     ) -> None:
         """`model` is a hub id or a local directory; `device` defaults to CUDA when present, `dtype` to bfloat16
         there and float32 on CPU. `image_loader` turns an example image URL into a PIL image or None (default:
-        fetch it over HTTP with size caps); images it fails on are skipped."""
+        example_images.load_image, through the shared ImageFetcher); images it fails on are skipped."""
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a hub id or a local directory")
         for option, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),

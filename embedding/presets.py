@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from config import Settings
 from embedding.describers import Describer, make_describer
-from embedding.encoders import ImageEncoder, MiniLMTextEncoder, OpenClipEncoder, TextEncoder
+from embedding.encoders import ImageEncoder, TextEncoder, make_encoders
 from embedding.image_fetch import ImageFetcher
 
 
@@ -44,19 +44,13 @@ def build_describer(choice: ModelChoice) -> Describer:
 
 
 @lru_cache(maxsize=4)
-def _clip(model: str, pretrained: str, cache_dir: str) -> OpenClipEncoder:
-    return OpenClipEncoder(model, pretrained, cache_dir=cache_dir)
-
-
-@lru_cache(maxsize=4)
 def build_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder | None]:
     """The text encoder and (if the preset has one) the image encoder; one CLIP model serves both halves."""
-    clip = None
-    if "openclip" in (choice.text_encoder, choice.image_encoder):
-        clip = _clip(choice.clip_model, choice.clip_pretrained, choice.cache_dir)
-    text_encoder: TextEncoder = clip if choice.text_encoder == "openclip" else MiniLMTextEncoder()
-    image_encoder = clip if choice.image_encoder == "openclip" else None
-    return text_encoder, image_encoder
+    clip = f"openclip:{choice.clip_model}:{choice.clip_pretrained}"
+    text_preset = clip if choice.text_encoder == "openclip" else "minilm"
+    image_preset = clip if choice.image_encoder == "openclip" else None
+    options = {"cache_dir": choice.cache_dir} if clip in (text_preset, image_preset) else {}
+    return make_encoders(text_preset, image_preset, **options)
 
 
 def build_image_fetcher(settings: Settings) -> ImageFetcher:

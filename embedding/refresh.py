@@ -19,10 +19,11 @@ from sqlalchemy import Engine, text
 
 from db.cards import served_cards
 from db.vectors import stored_input_shas, upsert_descriptions, upsert_embeddings
-from embedding.describers import AdapterCard, Describer, Description
+from embedding.describers import AdapterCard, CardTextDescriber, Describer, Description
 from embedding.encoders import ImageEncoder, TextEncoder, embed_card_vectors
 
 log = logging.getLogger(__name__)
+FALLBACK_DESCRIBER = {"fallback": CardTextDescriber.name, "fallback_version": CardTextDescriber.prompt_version}
 EXAMPLE_PROMPTS_EMBEDDED = 6
 _LORA_TAG = re.compile(r"<(?:lora|lyco|hypernet):[^>]*>", re.IGNORECASE)
 
@@ -122,9 +123,13 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
     counts = EmbedCounts()
     with engine.connect() as conn:
         cards = {row["version_id"]: card_from_row(row) for row in served_cards(conn, shard, shards)}
+        # A card the model backend failed on is stored under the card-text describer: embed that until it succeeds.
         descriptions = {row.version_id: row for row in conn.execute(text(
-            "SELECT version_id, text, kind, trigger_words, recommended_weight FROM descriptions "
-            "WHERE describer = :d AND prompt_version = :p"), {"d": describer.name, "p": describer.prompt_version})}
+            "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
+            "prompt_version FROM descriptions "
+            "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
+            "ORDER BY version_id, describer = :d DESC"),
+            {"d": describer.name, "p": describer.prompt_version, **FALLBACK_DESCRIBER})}
         stored = stored_input_shas(conn, "embeddings", "space", space)
     counts.served = len(cards)
     pending = []
@@ -134,8 +139,8 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
             counts.undescribed += 1
             continue
         description = Description(text=row.text, kind=row.kind, trigger_words=tuple(row.trigger_words),
-                                  recommended_weight=row.recommended_weight, describer=describer.name,
-                                  prompt_version=describer.prompt_version)
+                                  recommended_weight=row.recommended_weight, describer=row.describer,
+                                  prompt_version=row.prompt_version)
         body = embedding_text(card, description)
         urls = list(card.example_image_urls[:max_images]) if image_encoder else []
         sha = _sha({"text": body, "images": urls, "space": space})

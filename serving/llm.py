@@ -92,9 +92,10 @@ def _convert_smollm2(gguf: Path, cache: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / _COMPLETE).write_text(gguf.name + "\n")
-        if cache.exists():
-            shutil.rmtree(cache)
-        staging.rename(cache)
+        if not (cache / _COMPLETE).is_file():  # another process may have finished first: keep its copy
+            if cache.exists():
+                shutil.rmtree(cache)
+            staging.rename(cache)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

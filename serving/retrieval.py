@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import Engine, text
 
 from embedding.encoders import ImageEncoder, TextEncoder
-from embedding.refresh import space_name
+from embedding.refresh import FALLBACK_DESCRIBER, space_name
 
 KIND_ORDER = ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
 
@@ -69,6 +69,12 @@ class SearchResult:
     adapters_by_kind: dict[str, list[Hit]] = field(default_factory=dict)
 
 
+# The preferred describer's words, else the card-text fallback stored for cards the preferred one failed on.
+_DESCRIPTION = """
+    SELECT kind, trigger_words, recommended_weight FROM descriptions dd
+    WHERE dd.version_id = c.version_id
+      AND (dd.describer, dd.prompt_version) IN ((:describer, :prompt_version), (:fallback, :fallback_version))
+    ORDER BY dd.describer = :describer DESC LIMIT 1"""
 _POPULARITY = "least(1.0, ln(1 + s.model_download_count) / ln(1000000.0))"
 _SELECT = """
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
@@ -138,18 +144,22 @@ class Retriever:
             conn.execute(text(f"SET LOCAL hnsw.ef_search = {self.ef_search}"))
             return [dict(row) for row in conn.execute(text(sql), params).mappings()]
 
-    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
+    def checkpoint_query(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> tuple[str, dict]:
+        """Level 1 as (SQL, parameters): the best checkpoints, by similarity and popularity."""
         where, params = self._filter_sql(Filters(filters.base_models, (), filters.commercial_use, filters.min_downloads))
         sql = self._pool_sql("checkpoint") + _SELECT + f""",
                    c.similarity + :pop * {_POPULARITY} AS score, 0 AS co_usage_images
             FROM c JOIN served_model_versions s ON s.version_id = c.version_id
-            LEFT JOIN descriptions d ON d.version_id = c.version_id AND d.describer = :describer
-                 AND d.prompt_version = :prompt_version
+            LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
             WHERE true {where} ORDER BY score DESC, s.version_id LIMIT :k"""
-        rows = self._run(sql, {**params, **self._common(q, top_k), "pop": self.weights.checkpoint_popularity})
-        return [self._hit(row, None) for row in rows]
+        return sql, {**params, **self._common(q, top_k), "pop": self.weights.checkpoint_popularity}
 
-    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters()) -> list[Hit]:
+    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
+        return [self._hit(row, None) for row in self._run(*self.checkpoint_query(q, top_k, filters))]
+
+    def adapter_query(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10,
+                      filters: Filters = Filters()) -> tuple[str, dict]:
+        """Level 2 as (SQL, parameters): adapters of the checkpoint's family, boosted by co-usage with it."""
         where, params = self._filter_sql(filters)
         if checkpoint is not None:
             where += " AND s.base_model_family = :family"
@@ -159,14 +169,15 @@ class Retriever:
                    + :co * least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0)) AS score,
                    coalesce(l.image_count, 0) AS co_usage_images
             FROM c JOIN served_model_versions s ON s.version_id = c.version_id
-            LEFT JOIN descriptions d ON d.version_id = c.version_id AND d.describer = :describer
-                 AND d.prompt_version = :prompt_version
+            LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
             LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id
                  AND l.checkpoint_version_id = :checkpoint
             WHERE s.model_type <> 'Checkpoint' {where} ORDER BY score DESC, s.version_id LIMIT :k"""
-        rows = self._run(sql, {**params, **self._common(q, top_k), "pop": self.weights.adapter_popularity,
-                               "co": self.weights.co_usage,
-                               "checkpoint": checkpoint.version_id if checkpoint else -1})
+        return sql, {**params, **self._common(q, top_k), "pop": self.weights.adapter_popularity,
+                     "co": self.weights.co_usage, "checkpoint": checkpoint.version_id if checkpoint else -1}
+
+    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters()) -> list[Hit]:
+        rows = self._run(*self.adapter_query(q, checkpoint, top_k, filters))
         return [self._hit(row, checkpoint) for row in rows]
 
     def search(self, query: str | None, image=None, *, top_k: int = 10, top_checkpoints: int = 3,
@@ -183,7 +194,8 @@ class Retriever:
 
     def _common(self, q: np.ndarray, top_k: int) -> dict:
         return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "pool": self.candidate_pool,
-                "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version}
+                "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version,
+                **FALLBACK_DESCRIBER}
 
     @staticmethod
     def _hit(row: dict, checkpoint: Hit | None) -> Hit:

@@ -1,0 +1,156 @@
+"""Retrieval: known answers on the shipped snapshot (real MiniLM weights), filters, the two-level family
+restriction, the HNSW indexes really used, and incremental describe/embed on refresh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from db.synthetic import SyntheticSpace, create_synthetic_zoo
+from db.vectors import ensure_hnsw_indexes, hnsw_index_name
+from helpers import truncate_all
+from orchestration.run import refresh_zoo
+from serving.api import open_retriever
+from serving.cli import snapshot_path
+from serving.retrieval import Filters, Retriever, Weights
+
+
+@pytest.fixture(scope="module")
+def zoo(engine, database_url: str, monkeypatch_module):
+    monkeypatch_module.setenv("DATABASE_URL", database_url)
+    outcome = refresh_zoo(dump_path=str(snapshot_path()), database_url=database_url, workers=1)
+    assert outcome.success, outcome.failures()
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def retriever(zoo) -> Retriever:
+    return open_retriever()
+
+
+@pytest.mark.parametrize(("prompt", "checkpoint"), [
+    ("pixel art castle on a hill", "Bitforge Pixel Art"),
+    ("ink wash mountains in the mist", "Sumi River Ink"),
+    ("anime girl in a knitted winter sweater", "Lumen Anime Blend"),
+    ("a watercolor painting of a lighthouse at dusk", "Wetpaper Watercolor"),
+])
+def test_the_right_checkpoint_comes_first(retriever: Retriever, prompt: str, checkpoint: str) -> None:
+    assert retriever.search(prompt).checkpoints[0].name == checkpoint
+
+
+@pytest.mark.parametrize(("prompt", "adapter"), [
+    ("anime girl in a knitted winter sweater", "Knitted Winter Sweaters"),
+    ("a scientist wearing brass steampunk goggles", "Steampunk Goggles"),
+    ("a ceramic teapot on a wooden table", "Ceramic Teapots"),
+])
+def test_the_right_adapter_is_in_the_top_three(retriever: Retriever, prompt: str, adapter: str) -> None:
+    assert adapter in [hit.name for hit in retriever.search(prompt, top_k=3).adapters]
+
+
+def test_hits_carry_what_a_caller_needs(retriever: Retriever) -> None:
+    result = retriever.search("anime girl in a knitted winter sweater", top_k=5)
+    hit = result.adapters[0]
+    assert hit.model_id and hit.version_id and hit.type == "LORA" and hit.base_model == "SD 1.5"
+    assert hit.kind in ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
+    assert hit.recommended_weight is not None and 0 < hit.recommended_weight <= 2
+    assert hit.download_url and "similarity" in hit.why
+    assert [h.score for h in result.adapters] == sorted((h.score for h in result.adapters), reverse=True)
+    assert sum(len(v) for v in result.adapters_by_kind.values()) == len(result.adapters)
+
+
+def test_nsfw_models_have_no_vectors_and_are_never_returned(zoo, engine, retriever: Retriever) -> None:
+    with engine.connect() as conn:
+        nsfw_vectors = conn.execute(text(
+            "SELECT count(*) FROM embeddings e JOIN model_versions v ON v.id = e.version_id "
+            "JOIN models m ON m.id = v.model_id WHERE m.nsfw")).scalar_one()
+        nsfw_names = set(conn.execute(text("SELECT name FROM models WHERE nsfw")).scalars())
+    assert nsfw_vectors == 0 and nsfw_names
+    result = retriever.search("boudoir soft light photo", top_k=30, top_checkpoints=10)
+    assert not nsfw_names & {hit.name for hit in result.checkpoints + result.adapters}
+
+
+def test_filters(retriever: Retriever) -> None:
+    prompt = "a watercolor painting of a lighthouse at dusk"
+    assert retriever.search(prompt, filters=Filters(base_models=("SDXL 1.0",))).checkpoints == []
+    assert retriever.search(prompt, filters=Filters(types=("TextualInversion",))).adapters == []
+    selling = retriever.search(prompt, top_k=20, filters=Filters(commercial_use="Sell"))
+    assert selling.adapters and all("Sell" in hit.name or True for hit in selling.adapters)
+    with retriever.engine.connect() as conn:
+        allowed = set(conn.execute(text(
+            "SELECT version_id FROM served_model_versions WHERE 'Sell' = ANY(allow_commercial_use)")).scalars())
+    assert {hit.version_id for hit in selling.adapters + selling.checkpoints} <= allowed
+    popular = retriever.search(prompt, top_k=20, filters=Filters(min_downloads=20000))
+    assert popular.adapters and all(hit.downloads >= 20000 for hit in popular.adapters)
+
+
+def test_a_query_needs_text_or_an_image(retriever: Retriever) -> None:
+    with pytest.raises(ValueError):
+        retriever.search("")
+    with pytest.raises(ValueError, match="no image encoder"):
+        retriever.search(None, image=object())
+
+
+def test_a_changed_card_re_describes_and_re_embeds_one_version(zoo, engine, database_url: str, tmp_path: Path) -> None:
+    lines = snapshot_path().read_text(encoding="utf-8").splitlines()
+    item = json.loads(lines[7])
+    item["description"] = "<p>Bold linocut relief prints with thick carved lines, now with a paper texture.</p>"
+    lines[7] = json.dumps(item, ensure_ascii=False)
+    dump = tmp_path / "changed.jsonl"
+    dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    outcome = refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1)
+    assert outcome.success
+    metadata = outcome.materializations()
+    described = sum(v["described"] for k, v in metadata.items() if k.startswith("adapter_descriptions["))
+    embedded = sum(v["embedded"] for k, v in metadata.items() if k.startswith("zoo_embeddings["))
+    assert (described, embedded) == (1, 1)
+
+    again = refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1).materializations()
+    assert sum(v["described"] for k, v in again.items() if k.startswith("adapter_descriptions[")) == 0
+    assert sum(v["embedded"] for k, v in again.items() if k.startswith("zoo_embeddings[")) == 0
+
+
+# ---------------------------------------------------------------- synthetic zoo: family restriction, index use
+
+@pytest.fixture()
+def synthetic(zoo, engine):
+    truncate_all(engine)
+    space = SyntheticSpace("synthetic-test", 64)
+    made = create_synthetic_zoo(engine, "synthetic-test|none|64+0", checkpoints=3000, adapters=6000, dimension=64,
+                                clusters=16, seed=3)
+    ensure_hnsw_indexes(engine, "synthetic-test|none|64+0", 64)
+    retriever = Retriever(engine, space, weights=Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0),
+                          candidate_pool=400)
+    return made, retriever
+
+
+def test_adapters_come_from_the_chosen_checkpoints_family(synthetic) -> None:
+    made, retriever = synthetic
+    q = made.centres[0]
+    checkpoints = retriever.checkpoints(q, top_k=1)
+    adapters = retriever.adapters(q, checkpoints[0], top_k=20)
+    assert adapters and {hit.base_model_family for hit in adapters} == {checkpoints[0].base_model_family}
+    mask = made.adapter_families == checkpoints[0].base_model_family
+    exact = made.adapter_ids[mask][np.argsort(-(made.adapter_vectors[mask] @ q))[:20]]
+    assert len(set(exact) & {hit.version_id for hit in adapters}) >= 18  # HNSW is approximate
+
+
+def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
+    made, retriever = synthetic
+    q = made.centres[1]
+    checkpoint = retriever.checkpoints(q, top_k=1)[0]
+    for role, (sql, params) in (("checkpoint", retriever.checkpoint_query(q, 5)),
+                                ("adapter", retriever.adapter_query(q, checkpoint, 10))):
+        with retriever.engine.begin() as conn:
+            plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
+        assert hnsw_index_name("synthetic-test|none|64+0", role) in plan, plan
