@@ -154,3 +154,42 @@ def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
         with retriever.engine.begin() as conn:
             plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
         assert hnsw_index_name("synthetic-test|none|64+0", role) in plan, plan
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_zoo_search_json(zoo, capsys) -> None:
+    from serving.cli import main
+
+    assert main(["search", "pixel art castle on a hill", "--json", "--top-k", "4"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["checkpoints"][0]["name"] == "Bitforge Pixel Art"
+    assert len(answer["adapters"]) == 4
+    assert {"model_id", "version_id", "name", "type", "kind", "base_model", "score", "trigger_words",
+            "recommended_weight", "download_url", "why"} <= set(answer["adapters"][0])
+
+
+def test_zoo_search_queries_file_answers_every_line(zoo, capsys, tmp_path: Path) -> None:
+    from serving.cli import main
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join([
+        json.dumps({"qid": "a", "query": "ink wash mountains in the mist"}),
+        "not json",
+        json.dumps({"qid": "c", "query": ""}),
+        json.dumps({"qid": 4, "query": "anime girl in a knitted winter sweater"}),
+    ]) + "\n", encoding="utf-8")
+    assert main(["search", "--queries", str(queries), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["qid"] for line in lines] == ["a", 2, "c", 4]
+    assert lines[0]["checkpoints"][0]["name"] == "Sumi River Ink"
+    assert "error" in lines[1] and "error" in lines[2]
+    assert lines[3]["adapters"]
+
+
+def test_zoo_search_usage_errors(zoo) -> None:
+    from serving.cli import main
+
+    assert main(["search"]) == 2
+    assert main(["search", "x", "--top-k", "0"]) == 2
+    assert main(["search", "--image", "/nonexistent.png"]) == 2
