@@ -1,22 +1,18 @@
-"""Retrieval: known answers on the shipped snapshot (real MiniLM weights), filters, the two-level family
-restriction, the HNSW indexes really used, and incremental describe/embed on refresh."""
+"""Retrieval on the shipped snapshot (real MiniLM weights): known answers, filters, NSFW exclusion, incremental
+describe/embed on refresh, and the search command line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import text
 
-from db.synthetic import SyntheticSpace, create_synthetic_zoo
-from db.vectors import ensure_hnsw_indexes, hnsw_index_name
-from helpers import truncate_all
 from orchestration.run import refresh_zoo
 from serving.api import open_retriever
 from serving.cli import snapshot_path
-from serving.retrieval import Filters, Retriever, Weights
+from serving.retrieval import Filters, Retriever
 
 
 @pytest.fixture(scope="module")
@@ -118,42 +114,6 @@ def test_a_changed_card_re_describes_and_re_embeds_one_version(zoo, engine, data
     again = refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1).materializations()
     assert sum(v["described"] for k, v in again.items() if k.startswith("adapter_descriptions[")) == 0
     assert sum(v["embedded"] for k, v in again.items() if k.startswith("zoo_embeddings[")) == 0
-
-
-# ---------------------------------------------------------------- synthetic zoo: family restriction, index use
-
-@pytest.fixture()
-def synthetic(zoo, engine):
-    truncate_all(engine)
-    space = SyntheticSpace("synthetic-test", 64)
-    made = create_synthetic_zoo(engine, "synthetic-test|none|64+0", checkpoints=3000, adapters=6000, dimension=64,
-                                clusters=16, seed=3)
-    ensure_hnsw_indexes(engine, "synthetic-test|none|64+0", 64)
-    retriever = Retriever(engine, space, weights=Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0),
-                          candidate_pool=400)
-    return made, retriever
-
-
-def test_adapters_come_from_the_chosen_checkpoints_family(synthetic) -> None:
-    made, retriever = synthetic
-    q = made.centres[0]
-    checkpoints = retriever.checkpoints(q, top_k=1)
-    adapters = retriever.adapters(q, checkpoints[0], top_k=20)
-    assert adapters and {hit.base_model_family for hit in adapters} == {checkpoints[0].base_model_family}
-    mask = made.adapter_families == checkpoints[0].base_model_family
-    exact = made.adapter_ids[mask][np.argsort(-(made.adapter_vectors[mask] @ q))[:20]]
-    assert len(set(exact) & {hit.version_id for hit in adapters}) >= 18  # HNSW is approximate
-
-
-def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
-    made, retriever = synthetic
-    q = made.centres[1]
-    checkpoint = retriever.checkpoints(q, top_k=1)[0]
-    for role, (sql, params) in (("checkpoint", retriever.checkpoint_query(q, 5)),
-                                ("adapter", retriever.adapter_query(q, checkpoint, 10))):
-        with retriever.engine.begin() as conn:
-            plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
-        assert hnsw_index_name("synthetic-test|none|64+0", role) in plan, plan
 
 
 # ---------------------------------------------------------------- the command line
