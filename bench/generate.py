@@ -1,0 +1,205 @@
+"""Generation benchmark: cold single-file load vs warm generation vs LoRA adapter swap, side by side in one run.
+
+What the pipeline manager promises: a warm request pays nothing for loading, and switching the LoRA set between
+requests (adapters already cached on the pipeline, `set_adapters`) costs a small fraction of one generation. Measured
+against the obvious alternatives: loading the checkpoint for every request, and unloading/reloading LoRA files for
+every request (no adapter cache).
+
+    python bench/generate.py                       # tiny random SD 1.5-topology checkpoint, CPU (runs anywhere)
+    python bench/generate.py --size 64 --steps 4 --repeats 5
+    python bench/generate.py --checkpoint model.safetensors --lora a.safetensors --lora b.safetensors \\
+        --size 512 --steps 25                      # real size as well, when CUDA is available
+
+Prints one table and ends with exactly one JSON line of headline figures (for the real-size run when there was one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int, steps: int, repeats: int,
+            device: str | None, scheduler: str) -> dict:
+    import torch
+
+    from serving.generate import LoraUse, generate
+    from serving.pipelines import PipelineManager, file_sha256
+
+    ckpt_sha = file_sha256(checkpoint)
+    uses = [LoraUse(p.stem, p, file_sha256(p), 0.8) for p in loras]
+    # Two LoRA sets to swap between: first half vs second half (one LoRA: it vs none).
+    half = max(1, len(uses) // 2)
+    set_a = uses[:half]
+    set_b = [LoraUse(u.name, u.path, u.sha256, 0.6) for u in uses[half:]] if len(uses) > 1 else []
+
+    def request(manager, lora_set, seed=1):
+        return generate(manager, checkpoint_path=checkpoint, checkpoint_sha256=ckpt_sha, loras=lora_set,
+                        prompt="a watercolor castle on a hill at sunset", negative_prompt="blurry, lowres",
+                        steps=steps, cfg=7.0, seed=seed, width=size, height=size, scheduler=scheduler)
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    # Cold: single file -> warm pipeline (a fresh manager each time, so nothing is cached in-process but the OS page
+    # cache, as for any second load of a file).
+    cold, first_lora = [], []
+    for _ in range(max(1, min(repeats, 3))):
+        manager = PipelineManager(config_dir, device=device, max_pipelines=1)
+        t0 = time.perf_counter()
+        entry, _ = manager.get(checkpoint, ckpt_sha)
+        sync()
+        cold.append(time.perf_counter() - t0)
+        if set_a:
+            first_lora.append(manager.set_loras(entry, set_a)["lora_load_s"])
+        del manager, entry
+
+    manager = PipelineManager(config_dir, device=device, max_pipelines=1)
+    request(manager, set_a)  # cold request + warm-up (first-call kernels, allocator)
+    request(manager, set_b)  # every adapter of both sets now cached on the pipeline
+    entry, _ = manager.get(checkpoint, ckpt_sha)
+
+    # Interleaved, so that machine noise hits both alike: A A B B A A B B ... Each request after a change of set pays
+    # the swap inside its own set_loras (lora_set_s); the others keep their set.
+    warm, warm_total, swap_total, swaps, warm_load_paid = [], [], [], [], 0.0
+    previous = set_b
+    for i in range(repeats):
+        for lora_set in (set_a, set_a, set_b, set_b):
+            r = request(manager, lora_set, seed=i)
+            warm_load_paid += r.timings["load_s"] + r.timings["lora_load_s"]
+            if lora_set is previous:
+                warm.append(r.timings["generate_s"])
+                warm_total.append(r.timings["total_s"])
+            else:
+                swaps.append(r.timings["lora_set_s"])
+                swap_total.append(r.timings["total_s"])
+            previous = lora_set
+
+    # The obvious alternative to the adapter cache: unload every LoRA and load the request's files again.
+    reload_lora = []
+    for i in range(max(1, min(repeats, 3))):
+        lora_set = set_b if i % 2 == 0 else set_a
+        t0 = time.perf_counter()
+        entry.pipe.unload_lora_weights()
+        entry.adapters.clear()
+        entry.active = ()
+        manager.set_loras(entry, lora_set)
+        sync()
+        reload_lora.append(time.perf_counter() - t0)
+
+    gen = _median(warm)
+    return {
+        "cold_load_s": _median(cold),
+        "first_lora_load_s": _median(first_lora) if first_lora else 0.0,
+        "warm_generate_s": gen,
+        "swap_s": _median(swaps),
+        "warm_request_s": _median(warm_total),
+        "request_after_swap_s": _median(swap_total),
+        "lora_reload_s": _median(reload_lora),
+        "warm_load_paid_s": warm_load_paid,
+        "checkpoint_loads_warm_phase": manager.loads,
+        "swap_over_generate": _median(swaps) / gen,
+        "load_over_generate": _median(cold) / gen,
+        "lora_reload_over_swap": _median(reload_lora) / max(_median(swaps), 1e-9),
+        "n_loras": len(uses),
+    }
+
+
+def print_table(title: str, m: dict) -> None:
+    gen = m["warm_generate_s"]
+    rows = [
+        ("cold load: single file -> warm pipeline", m["cold_load_s"]),
+        ("first load of the LoRA set (files -> adapters)", m["first_lora_load_s"]),
+        ("warm generation (nothing loaded)", gen),
+        ("adapter swap (set_adapters, cached)", m["swap_s"]),
+        ("request, same LoRA set (total)", m["warm_request_s"]),
+        ("request, other LoRA set (total, incl. swap)", m["request_after_swap_s"]),
+        ("alternative: unload + reload LoRA files", m["lora_reload_s"]),
+    ]
+    print(f"\n{title}")
+    print(f"{'step':<50}{'seconds':>10}{'/ generation':>14}")
+    for name, seconds in rows:
+        print(f"{name:<50}{seconds:>10.4f}{seconds / gen:>14.3f}")
+    ok_swap = "ok" if m["swap_over_generate"] < 0.10 else "MISSED"
+    ok_warm = "ok" if m["warm_load_paid_s"] == 0.0 else "MISSED"
+    print(f"swap / generation: {m['swap_over_generate']:.3f} (target < 0.10: {ok_swap});  "
+          f"load / generation: {m['load_over_generate']:.2f};  reload LoRAs / swap: {m['lora_reload_over_swap']:.1f}x")
+    print(f"load paid by warm requests: {m['warm_load_paid_s']:.4f} s (target 0: {ok_warm}); "
+          f"checkpoint loads in the warm phase: {m['checkpoint_loads_warm_phase']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="tiny run: image side in pixels (multiple of 64)")
+    parser.add_argument("--steps", type=int, default=4, help="tiny run: denoising steps")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scheduler", default="euler")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the tiny run (tiny models: 1)")
+    parser.add_argument("--checkpoint", type=Path, help="a real SD 1.5 .safetensors checkpoint (real-size run)")
+    parser.add_argument("--lora", type=Path, action="append", default=[], help="a real SD 1.5 LoRA (repeatable)")
+    parser.add_argument("--real-size", type=int, default=512)
+    parser.add_argument("--real-steps", type=int, default=25)
+    parser.add_argument("--device", help="force a device for the real-size run (default: cuda when available)")
+    parser.add_argument("--workdir", type=Path, help="where the configs and tiny files go (default: a temp dir)")
+    args = parser.parse_args()
+
+    import torch
+
+    from serving import sd_components as sdc
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="zoo-bench-gen-"))
+    cuda = torch.cuda.is_available()
+
+    # Tiny run (always): random SD 1.5-topology checkpoint in the original single-file layout, two kohya LoRAs x2.
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    tiny_config = sdc.write_sd15_config(workdir / "tiny-config", "tiny")
+    pipe = sdc.build_random_pipeline(tiny_config, seed=0)
+    ckpt = sdc.save_single_file(pipe, workdir / "tiny.safetensors")
+    loras = [sdc.write_random_kohya_lora(pipe, workdir / f"tiny-lora-{i}.safetensors", seed=i + 1) for i in range(4)]
+    del pipe
+    tiny = measure(tiny_config, ckpt, loras, size=args.size, steps=args.steps, repeats=args.repeats,
+                   device="cpu", scheduler=args.scheduler)
+    torch.set_num_threads(threads_before)
+    print_table(f"tiny SD 1.5 topology, cpu ({args.threads} thread), {args.size}px, {args.steps} steps, "
+                f"{tiny['n_loras']} LoRAs in two sets", tiny)
+    headline = {"bench": "generate", "device": "cpu", "model": "tiny", "size": args.size, "steps": args.steps}
+    headline.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in tiny.items()})
+
+    # Real size: a real checkpoint and LoRAs, when given and when there is a GPU (or a device is forced).
+    if args.checkpoint:
+        device = args.device or ("cuda" if cuda else None)
+        missing = [p for p in [args.checkpoint, *args.lora] if not p.is_file()]
+        if missing:
+            print(f"\nreal-size run skipped: not found: {', '.join(map(str, missing))}")
+        elif device is None:
+            print("\nreal-size run skipped: no CUDA device (pass --device cpu to force it)")
+        else:
+            config = sdc.write_sd15_config(workdir / "sd15-config", "sd15")
+            real = measure(config, args.checkpoint, list(args.lora), size=args.real_size, steps=args.real_steps,
+                           repeats=max(2, min(args.repeats, 3)), device=device, scheduler="dpm++_2m_karras")
+            print_table(f"real: {args.checkpoint.name}, {device}, {args.real_size}px, {args.real_steps} steps, "
+                        f"{real['n_loras']} LoRAs", real)
+            headline = {"bench": "generate", "device": device, "model": args.checkpoint.name,
+                        "size": args.real_size, "steps": args.real_steps,
+                        **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in real.items()},
+                        "tiny_swap_over_generate": round(tiny["swap_over_generate"], 5)}
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()

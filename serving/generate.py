@@ -1,0 +1,207 @@
+"""Generate an image from an already chosen checkpoint file and LoRA files, and save it with its parameters.
+
+    manager = PipelineManager(write_sd15_config(zoo_home / "sd15-config"))
+    result = generate(manager, checkpoint_path=ckpt, checkpoint_sha256=sha, loras=[LoraUse("ink", path, sha, 0.7)],
+                      prompt="a castle", negative_prompt="blurry", steps=25, cfg=7, seed=42, width=512, height=512,
+                      scheduler="dpm++_2m_karras")
+    save_png(result, out / "castle.png", sidecar={"checkpoint": {"model_id": 1, "version_id": 2}, ...})
+
+The checkpoint is loaded once and kept warm (LRU in the manager); LoRAs are named adapters cached on the pipeline, so
+the next request with another LoRA set only swaps adapter weights. `result.timings` separates what this request paid
+for loading (`load_s`, 0 when warm; `lora_load_s` for adapters first seen) from the denoising itself (`generate_s`).
+With `init_image` (and `mask_image`) the same warm components run img2img (or inpainting) for the editor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.pipelines import LoraUse, PipelineManager, a1111_sampler_name, file_sha256, seeded_generator
+from serving.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
+
+__all__ = ["GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
+
+_RE_LORA_TAG = re.compile(r"\s*,?\s*<(?:lora|lyco|hypernet):[^>]*>")
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass
+class GenerationResult:
+    image: Any  # PIL.Image.Image
+    parameters_text: str
+    parameters: GenerationParameters
+    timings: dict[str, float]
+    seed: int
+    checkpoint_cached: bool  # True when the pipeline was already warm (this request paid no checkpoint load)
+    metadata: dict[str, Any] = field(default_factory=dict)  # what was used: files, hashes, weights, scheduler
+
+
+def strip_lora_tags(prompt: str) -> str:
+    """The prompt without `<lora:...>` tags (they select adapters; the text encoder must not read them)."""
+    return re.sub(r"\s{2,}", " ", _RE_LORA_TAG.sub("", prompt)).strip().strip(",").strip()
+
+
+def _sha256_of(path: str | Path) -> str:
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
+def _clip_skip_embeds(pipe, prompt: str, negative: str, clip_skip: int) -> dict[str, Any]:
+    """Prompt embeddings from the CLIP layer `clip_skip` counts back (A1111's meaning: 2 = the penultimate layer),
+    final layer norm applied, for the prompt AND the negative prompt as A1111 does. (diffusers 0.42's own
+    `clip_skip` reaches for `text_encoder.text_model`, which transformers 5's flattened CLIPTextModel lacks.)"""
+    import torch
+
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    final_norm = te.text_model.final_layer_norm if hasattr(te, "text_model") else te.final_layer_norm
+
+    def embed(text: str):
+        ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            out = te(ids.input_ids.to(te.device), output_hidden_states=True)
+            return final_norm(out.hidden_states[-clip_skip]).to(te.dtype)
+
+    return {"prompt": None, "negative_prompt": None, "prompt_embeds": embed(prompt), "negative_prompt_embeds": embed(negative)}
+
+
+def generate(
+    manager: PipelineManager,
+    *,
+    checkpoint_path: str | Path,
+    checkpoint_sha256: str | None = None,
+    loras: Sequence[LoraUse] = (),
+    prompt: str,
+    negative_prompt: str = "",
+    steps: int = 25,
+    cfg: float = 7.0,
+    seed: int | None = -1,
+    width: int = 512,
+    height: int = 512,
+    scheduler: str = "dpm++_2m_karras",
+    model_name: str | None = None,
+    clip_skip: int | None = None,
+    init_image: Any = None,
+    mask_image: Any = None,
+    strength: float = 0.75,
+) -> GenerationResult:
+    """One image. `seed` -1 or None draws a random seed (reported in the result and the PNG parameters).
+    `clip_skip` counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
+    `serving.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
+    sampler string ('DPM++ 2M Karras')."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    if width % 8 or height % 8 or width < 8 or height < 8:
+        raise ValueError(f"width and height must be positive multiples of 8 (got {width}x{height})")
+    if mask_image is not None and init_image is None:
+        raise ValueError("mask_image needs init_image")
+    if init_image is not None and not (0.0 < strength <= 1.0 and int(steps * strength) >= 1):
+        raise ValueError(f"strength {strength} with {steps} steps leaves no denoising step (needs steps*strength >= 1)")
+    if seed is None or int(seed) < 0:
+        seed = secrets.randbelow(2**32)
+    seed = int(seed)
+    checkpoint_path = Path(checkpoint_path)
+    sha = (checkpoint_sha256 or _sha256_of(checkpoint_path)).lower()
+    loras = [lora if lora.sha256 else LoraUse(lora.name, lora.path, _sha256_of(lora.path), lora.weight) for lora in loras]
+    clean_prompt = strip_lora_tags(prompt)
+    clean_negative = strip_lora_tags(negative_prompt)
+    kind = "inpaint" if mask_image is not None else "img2img" if init_image is not None else "txt2img"
+
+    started = time.perf_counter()
+    with manager.lock:
+        entry, load_s = manager.get(checkpoint_path, sha)
+        lora_info = manager.set_loras(entry, loras)
+        pipe = manager.variant(entry, kind)
+        pipe.scheduler = manager.scheduler(entry, scheduler)
+        call: dict[str, Any] = {
+            "prompt": clean_prompt,
+            "negative_prompt": clean_negative or None,
+            "num_inference_steps": int(steps),
+            "guidance_scale": float(cfg),
+            "generator": seeded_generator(seed),
+        }
+        if clip_skip and clip_skip > 1:
+            call.update(_clip_skip_embeds(pipe, clean_prompt, clean_negative, clip_skip))
+        if kind == "txt2img":
+            call.update(height=int(height), width=int(width))
+        else:
+            init_image = init_image.convert("RGB").resize((int(width), int(height)))
+            call.update(image=init_image, strength=float(strength))
+            if kind == "inpaint":
+                call.update(mask_image=mask_image.convert("L").resize((int(width), int(height))))
+                call.update(height=int(height), width=int(width))
+        t0 = time.perf_counter()
+        image = pipe(**call).images[0]
+        generate_s = time.perf_counter() - t0
+    total_s = time.perf_counter() - started
+
+    tags = [lora_tag(lora.name, lora.weight) for lora in loras]
+    written_prompt = ", ".join([p for p in [clean_prompt] if p] + tags) if tags else clean_prompt
+    params = GenerationParameters(
+        prompt=written_prompt,
+        negative_prompt=clean_negative,
+        steps=int(steps),
+        sampler=a1111_sampler_name(scheduler),
+        cfg_scale=float(cfg),
+        seed=seed,
+        width=image.width,
+        height=image.height,
+        model_hash=autov2(sha),
+        model=model_name or checkpoint_path.stem,
+        lora_hashes={lora.name: autov2(lora.sha256) or "" for lora in loras},
+        clip_skip=clip_skip,
+        denoising_strength=float(strength) if kind != "txt2img" else None,
+    )
+    timings = {
+        "load_s": load_s,
+        "lora_load_s": lora_info["lora_load_s"],
+        "lora_set_s": lora_info["lora_set_s"],
+        "generate_s": generate_s,
+        "total_s": total_s,
+    }
+    metadata = {
+        "kind": kind,
+        "scheduler": scheduler,
+        "checkpoint": {"path": str(checkpoint_path), "sha256": sha, "autov2": autov2(sha), "name": params.model},
+        "loras": [
+            {"name": lora.name, "path": str(lora.path), "sha256": lora.sha256, "autov2": autov2(lora.sha256),
+             "weight": lora.weight}
+            for lora in loras
+        ],
+        "adapters_loaded_now": lora_info["loaded"],
+    }
+    return GenerationResult(
+        image=image,
+        parameters_text=params.to_text(),
+        parameters=params,
+        timings=timings,
+        seed=seed,
+        checkpoint_cached=load_s == 0.0,
+        metadata=metadata,
+    )
+
+
+def save_png(result: GenerationResult, path: str | Path, sidecar: dict[str, Any] | None = None) -> Path:
+    """Write the PNG (A1111 'parameters' chunk) and `<name>.json` beside it: the caller's `sidecar` (model and version
+    ids, query, ...) plus what was generated with (`generation`: files, hashes, weights, seed, timings)."""
+    path = write_png(result.image, path, result.parameters_text)
+    data = dict(sidecar or {})
+    data.setdefault("parameters", result.parameters_text)
+    data["generation"] = {
+        **result.metadata,
+        "seed": result.seed,
+        "timings": result.timings,
+        "checkpoint_cached": result.checkpoint_cached,
+        "version": result.parameters.version,
+    }
+    write_sidecar(path, data)
+    return path
