@@ -57,6 +57,7 @@ class Hit:
     recommended_weight: float | None
     download_url: str | None
     why: str
+    description: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +72,7 @@ class SearchResult:
 
 # The preferred describer's words, else the card-text fallback stored for cards the preferred one failed on.
 _DESCRIPTION = """
-    SELECT kind, trigger_words, recommended_weight FROM descriptions dd
+    SELECT kind, trigger_words, recommended_weight, text FROM descriptions dd
     WHERE dd.version_id = c.version_id
       AND (dd.describer, dd.prompt_version) IN ((:describer, :prompt_version), (:fallback, :fallback_version))
     ORDER BY dd.describer = :describer DESC LIMIT 1"""
@@ -80,7 +81,8 @@ _SELECT = """
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
            s.base_model, s.base_model_family, c.similarity, s.model_download_count AS downloads,
-           coalesce(d.trigger_words, s.trained_words) AS trigger_words, d.recommended_weight, s.download_url
+           coalesce(d.trigger_words, s.trained_words) AS trigger_words, d.recommended_weight, s.download_url,
+           coalesce(d.text, '') AS description
 """
 
 
@@ -210,4 +212,4 @@ class Retriever:
                    downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
                    trigger_words=list(row["trigger_words"] or []),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
-                   why="; ".join(why))
+                   why="; ".join(why), description=row["description"])
