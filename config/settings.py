@@ -58,7 +58,7 @@ class Settings:
     describer_model: str | None = None
     describer_api_key: str | None = field(default=None, repr=False)
     vlm_model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
-    hnsw_ef_search: int = 200
+    hnsw_ef_search: int = 100
     shards: int = 2
 
     @property
@@ -107,7 +107,7 @@ class Settings:
             describer_model=env.get("ZOO_DESCRIBER_MODEL") or None,
             describer_api_key=env.get("ZOO_DESCRIBER_API_KEY") or None,
             vlm_model=env.get("ZOO_VLM_MODEL") or "Qwen/Qwen2.5-VL-3B-Instruct",
-            hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 200, 1)),
+            hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 100, 1)),
             shards=int(_float(env, "ZOO_SHARDS", 2, 1)),
             **chosen,
         )

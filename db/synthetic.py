@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Engine
 
+from db.catalog_store import refresh_statistics
 from db.copy import copy_rows
 from db.vectors import upsert_embeddings
 
@@ -75,6 +76,7 @@ def create_synthetic_zoo(engine: Engine, space: str, *, checkpoints: int, adapte
                  "emb": vectors[j], "text_dim": dimension, "image_dim": 0, "images_embedded": 0,
                  "input_sha": "synthetic"}
                 for j in range(start, min(start + batch, total))])
+    refresh_statistics(engine)
     families = np.array([FAMILIES[f][1] for f in family_index])
     return SyntheticZoo(ids[:checkpoints], vectors[:checkpoints], families[:checkpoints],
                         ids[checkpoints:], vectors[checkpoints:], families[checkpoints:], centres)

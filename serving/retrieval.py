@@ -8,11 +8,12 @@ adapters as a boost (a hard filter on it throws most right answers away); the on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
@@ -73,32 +74,39 @@ class SearchResult:
 # The preferred describer's words, else the card-text fallback stored for cards the preferred one failed on.
 _DESCRIPTION = """
     SELECT kind, trigger_words, recommended_weight, text FROM descriptions dd
-    WHERE dd.version_id = c.version_id
+    WHERE dd.version_id = r.version_id
       AND (dd.describer, dd.prompt_version) IN ((:describer, :prompt_version), (:fallback, :fallback_version))
     ORDER BY dd.describer = :describer DESC LIMIT 1"""
-_POPULARITY = "least(1.0, ln(1 + s.model_download_count) / ln(1000000.0))"
-_SELECT = """
+_POPULARITY = "least(1.0, ln(1 + m.download_count) / ln(1000000.0))"
+# Candidates are scored on the plain tables first; only the top few are joined to the served view and descriptions.
+_RESULT = f"""
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
-           s.base_model, s.base_model_family, c.similarity, s.model_download_count AS downloads,
-           coalesce(d.trigger_words, s.trained_words) AS trigger_words, d.recommended_weight, s.download_url,
-           coalesce(d.text, '') AS description
-"""
+           s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images,
+           s.model_download_count AS downloads, coalesce(d.trigger_words, s.trained_words) AS trigger_words,
+           d.recommended_weight, s.download_url, coalesce(d.text, '') AS description
+    FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
+    LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
+    ORDER BY r.score DESC, r.version_id LIMIT :k"""
+HNSW_MAX_EF_SEARCH = 1000  # pgvector's ceiling; an index scan returns at most ef_search rows
+RANK_MARGIN = 20  # scored rows beyond k, in case a vector outlived its version's serving (until the next index run)
 
 
 class Retriever:
     def __init__(self, engine: Engine, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None, *,
-                 describer: str = "card-text", prompt_version: str = "", ef_search: int = 200,
-                 candidate_pool: int = 200, weights: Weights = Weights()) -> None:
+                 describer: str = "card-text", prompt_version: str = "", ef_search: int = 100,
+                 candidate_pool: int = 100, family_candidates: int = 40, weights: Weights = Weights()) -> None:
         self.engine = engine
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.space = space_name(text_encoder, image_encoder)
         self.image_dim = image_encoder.image_dim if image_encoder else 0
         self.dimension = text_encoder.text_dim + self.image_dim
         self.describer, self.prompt_version = describer, prompt_version
-        self.ef_search = max(int(ef_search), int(candidate_pool))
-        self.candidate_pool = int(candidate_pool)
+        self.candidate_pool = min(int(candidate_pool), HNSW_MAX_EF_SEARCH)
+        self.ef_search = min(max(int(ef_search), self.candidate_pool), HNSW_MAX_EF_SEARCH)
+        self.family_candidates = int(family_candidates)
         self.weights = weights
+        self._family_counts: dict[str, int] | None = None
 
     def query_vector(self, query: str | None, image=None) -> np.ndarray:
         """[w_text * q_text || w_image * q_image], so its inner product with a stored [t || i] is
@@ -114,79 +122,136 @@ class Retriever:
             vector[self.text_encoder.text_dim:] = self.weights.image * self.image_encoder.encode_images([image])[0]
         return vector
 
-    def _pool_sql(self, role: str) -> str:
+    def family_counts(self) -> dict[str, int]:
+        """Adapter vectors per base-model family in this space (cached; sizes level 2's candidate pool)."""
+        if self._family_counts is None:
+            with self.engine.connect() as conn:
+                self._family_counts = dict(conn.execute(text(
+                    "SELECT v.base_model_family, count(*) FROM embeddings e JOIN model_versions v ON v.id = e.version_id "
+                    "WHERE e.space = :space AND e.role = 'adapter' GROUP BY 1"), {"space": self.space}).all())
+        return self._family_counts
+
+    def _pool_sql(self, role: str, exact_family: bool = False) -> str:
+        """The candidate pool: the partial HNSW index of (space, role) walked for `pool` rows, or, for a family too
+        small to surface through a post-filtered index walk, an exact scan of that family ('+ 0' keeps the
+        planner off the index). MATERIALIZED keeps the walk from being re-run inside a nested loop."""
         space = self.space.replace("'", "''")
+        distance = f"e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension}))"
+        if exact_family:
+            return f"""
+            WITH c AS MATERIALIZED (
+                SELECT e.version_id, -({distance}) AS similarity
+                FROM embeddings e JOIN model_versions fv ON fv.id = e.version_id
+                WHERE e.space = '{space}' AND e.role = '{role}' AND fv.base_model_family = :family
+                ORDER BY ({distance}) + 0 LIMIT :pool
+            )"""
         return f"""
-            WITH c AS (
-                SELECT e.version_id, -(e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension})))
-                       AS similarity
+            WITH c AS MATERIALIZED (
+                SELECT e.version_id, -({distance}) AS similarity
                 FROM embeddings e WHERE e.space = '{space}' AND e.role = '{role}'
-                ORDER BY e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension})) LIMIT :pool
+                ORDER BY {distance} LIMIT :pool
             )"""
 
     @staticmethod
     def _filter_sql(filters: Filters) -> tuple[str, dict]:
         clauses, params = [], {}
         if filters.base_models:
-            clauses.append("s.base_model = ANY(:base_models)")
+            clauses.append("v.base_model = ANY(:base_models)")
             params["base_models"] = list(filters.base_models)
         if filters.types:
-            clauses.append("s.model_type = ANY(:types)")
+            clauses.append("m.type = ANY(:types)")
             params["types"] = list(filters.types)
         if filters.commercial_use:
-            clauses.append(":commercial = ANY(s.allow_commercial_use)")
+            clauses.append(":commercial = ANY(m.allow_commercial_use)")
             params["commercial"] = filters.commercial_use
         if filters.min_downloads:
-            clauses.append("s.model_download_count >= :min_downloads")
+            clauses.append("m.download_count >= :min_downloads")
             params["min_downloads"] = filters.min_downloads
         return "".join(f" AND {clause}" for clause in clauses), params
 
-    def _run(self, sql: str, params: dict) -> list[dict]:
-        with self.engine.begin() as conn:
-            conn.execute(text(f"SET LOCAL hnsw.ef_search = {self.ef_search}"))
-            return [dict(row) for row in conn.execute(text(sql), params).mappings()]
+    def _run(self, conn: Connection, sql: str, params: dict, ef_search: int) -> list[dict]:
+        conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+        return [dict(row) for row in conn.execute(text(sql), params).mappings()]
 
     def checkpoint_query(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> tuple[str, dict]:
         """Level 1 as (SQL, parameters): the best checkpoints, by similarity and popularity."""
         where, params = self._filter_sql(Filters(filters.base_models, (), filters.commercial_use, filters.min_downloads))
-        sql = self._pool_sql("checkpoint") + _SELECT + f""",
-                   c.similarity + :pop * {_POPULARITY} AS score, 0 AS co_usage_images
-            FROM c JOIN served_model_versions s ON s.version_id = c.version_id
-            LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
-            WHERE true {where} ORDER BY score DESC, s.version_id LIMIT :k"""
-        return sql, {**params, **self._common(q, top_k), "pop": self.weights.checkpoint_popularity}
+        sql = self._pool_sql("checkpoint") + f""",
+            ranked AS (
+                SELECT c.version_id, c.similarity, c.similarity + :pop * {_POPULARITY} AS score, 0 AS co_usage_images
+                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
+                WHERE true {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
+            )""" + _RESULT
+        return sql, {**params, **self._common(q, top_k, self.candidate_pool),
+                     "pop": self.weights.checkpoint_popularity}
 
-    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
-        return [self._hit(row, None) for row in self._run(*self.checkpoint_query(q, top_k, filters))]
+    def adapter_plan(self, checkpoint: Hit | None, top_k: int) -> tuple[int, bool]:
+        """(pool size, exact?) for level 2: enough candidates that about `family_candidates` (at least 2k) of the
+        chosen family survive the post-filter; a family too rare for that is scanned exactly (it is small)."""
+        if checkpoint is None:
+            return self.candidate_pool, False
+        counts = self.family_counts()
+        total, in_family = sum(counts.values()), counts.get(checkpoint.base_model_family, 0)
+        wanted = max(self.family_candidates, 2 * top_k)
+        if in_family == 0 or total == 0:
+            return wanted, True
+        pool = int(np.ceil(wanted * total / in_family))
+        if pool > HNSW_MAX_EF_SEARCH:
+            return wanted, True
+        return max(pool, self.candidate_pool), False
 
     def adapter_query(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10,
                       filters: Filters = Filters()) -> tuple[str, dict]:
         """Level 2 as (SQL, parameters): adapters of the checkpoint's family, boosted by co-usage with it."""
         where, params = self._filter_sql(filters)
+        pool, exact = self.adapter_plan(checkpoint, top_k)
         if checkpoint is not None:
-            where += " AND s.base_model_family = :family"
+            where += " AND v.base_model_family = :family"
             params["family"] = checkpoint.base_model_family
-        sql = self._pool_sql("adapter") + _SELECT + f""",
-                   c.similarity + :pop * {_POPULARITY}
-                   + :co * least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0)) AS score,
-                   coalesce(l.image_count, 0) AS co_usage_images
-            FROM c JOIN served_model_versions s ON s.version_id = c.version_id
-            LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
-            LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id
-                 AND l.checkpoint_version_id = :checkpoint
-            WHERE s.model_type <> 'Checkpoint' {where} ORDER BY score DESC, s.version_id LIMIT :k"""
-        return sql, {**params, **self._common(q, top_k), "pop": self.weights.adapter_popularity,
+        sql = self._pool_sql("adapter", exact) + f""",
+            ranked AS (
+                SELECT c.version_id, c.similarity, coalesce(l.image_count, 0) AS co_usage_images,
+                       c.similarity + :pop * {_POPULARITY}
+                       + :co * least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0)) AS score
+                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
+                LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id
+                     AND l.checkpoint_version_id = :checkpoint
+                WHERE m.type <> 'Checkpoint' {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
+            )""" + _RESULT
+        return sql, {**params, **self._common(q, top_k, pool), "pop": self.weights.adapter_popularity,
                      "co": self.weights.co_usage, "checkpoint": checkpoint.version_id if checkpoint else -1}
 
+    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
+        with self._session() as conn:
+            return self._checkpoints(conn, q, top_k, filters)
+
     def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters()) -> list[Hit]:
-        rows = self._run(*self.adapter_query(q, checkpoint, top_k, filters))
+        with self._session() as conn:
+            return self._adapters(conn, q, checkpoint, top_k, filters)
+
+    @contextmanager
+    def _session(self) -> Iterator[Connection]:
+        """One transaction per search; custom plans, so the query vector is planned as a constant."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+            yield conn
+
+    def _checkpoints(self, conn: Connection, q: np.ndarray, top_k: int, filters: Filters) -> list[Hit]:
+        rows = self._run(conn, *self.checkpoint_query(q, top_k, filters), self.ef_search)
+        return [self._hit(row, None) for row in rows]
+
+    def _adapters(self, conn: Connection, q: np.ndarray, checkpoint: Hit | None, top_k: int,
+                  filters: Filters) -> list[Hit]:
+        sql, params = self.adapter_query(q, checkpoint, top_k, filters)
+        rows = self._run(conn, sql, params, max(self.ef_search, params["pool"]))
         return [self._hit(row, checkpoint) for row in rows]
 
     def search(self, query: str | None, image=None, *, top_k: int = 10, top_checkpoints: int = 3,
                filters: Filters = Filters()) -> SearchResult:
         q = self.query_vector(query, image)
-        checkpoints = self.checkpoints(q, top_checkpoints, filters)
-        adapters = self.adapters(q, checkpoints[0] if checkpoints else None, top_k, filters)
+        with self._session() as conn:
+            checkpoints = self._checkpoints(conn, q, top_checkpoints, filters) if top_checkpoints else []
+            adapters = self._adapters(conn, q, checkpoints[0] if checkpoints else None, top_k, filters)
         by_kind: dict[str, list[Hit]] = {}
         for hit in adapters:
             by_kind.setdefault(hit.kind, []).append(hit)
@@ -194,8 +259,8 @@ class Retriever:
         ordered = {kind: by_kind[kind] for kind in sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))}
         return SearchResult(checkpoints, adapters, ordered)
 
-    def _common(self, q: np.ndarray, top_k: int) -> dict:
-        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "pool": self.candidate_pool,
+    def _common(self, q: np.ndarray, top_k: int, pool: int) -> dict:
+        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "pool": int(pool),
                 "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version,
                 **FALLBACK_DESCRIBER}
 
@@ -213,3 +278,4 @@ class Retriever:
                    trigger_words=list(row["trigger_words"] or []),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
                    why="; ".join(why), description=row["description"])
+

@@ -44,3 +44,23 @@ def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
         with retriever.engine.begin() as conn:
             plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
         assert hnsw_index_name(SPACE, role) in plan, plan
+
+
+def test_a_rare_family_is_searched_exactly_not_starved_by_the_post_filter(synthetic, engine) -> None:
+    made, retriever = synthetic
+    rare = made.adapter_ids[:40]  # 40 of 6,000 adapters: a post-filtered walk of any allowed pool finds few
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE model_versions SET base_model_family = 'Rare' WHERE id = ANY(:ids)"),
+                     {"ids": [int(i) for i in rare]})
+        conn.execute(text("UPDATE model_versions SET base_model_family = 'Rare' WHERE id = :id"),
+                     {"id": int(made.checkpoint_ids[0])})
+    fresh = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
+    q = made.adapter_vectors[0]
+    checkpoint = next(hit for hit in fresh.checkpoints(made.checkpoint_vectors[0], top_k=1))
+    assert checkpoint.base_model_family == "Rare"
+    assert fresh.adapter_plan(checkpoint, 10)[1] is True
+    hits = fresh.adapters(q, checkpoint, top_k=10)
+    exact = rare[np.argsort(-(made.adapter_vectors[:40] @ q))[:10]]
+    assert [hit.version_id for hit in hits] == [int(i) for i in exact]
+    common = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
+    assert common.adapter_plan(retriever.checkpoints(made.centres[2], top_k=1)[0], 10)[1] is False
