@@ -59,6 +59,8 @@ class Settings:
     describer_api_key: str | None = field(default=None, repr=False)
     vlm_model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     hnsw_ef_search: int = 100
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "vit_h"
     shards: int = 2
 
     @property
@@ -109,5 +111,7 @@ class Settings:
             vlm_model=env.get("ZOO_VLM_MODEL") or "Qwen/Qwen2.5-VL-3B-Instruct",
             hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 100, 1)),
             shards=int(_float(env, "ZOO_SHARDS", 2, 1)),
+            sam_checkpoint=env.get("ZOO_SAM_CHECKPOINT") or None,
+            sam_model_type=env.get("ZOO_SAM_MODEL_TYPE") or "vit_h",
             **chosen,
         )

@@ -1,0 +1,249 @@
+"""The composer: from reranked adapters and the prompt, the final adapter set with weights and trigger words.
+
+Rules, in the order they apply (adapters are taken best score first):
+- every adapter serves prompt keywords: the ones it names (`Adapter.keywords`, e.g. from the retriever), else the
+  ones an optional LLM mapper gives it, else the overlap between the prompt's words and its name, description and
+  trigger words; an adapter that serves no keyword is not used;
+- one adapter per keyword, unless they agree (same kind, both scores at least `agree_score`): an adapter that
+  conflicts on a keyword keeps only its other keywords;
+- at most `max_styles` style adapters, at most `max_adapters` in all;
+- no character adapter unless the prompt names that character: its name or a trigger word appears in the prompt,
+  or it serves a capitalised proper noun of the prompt ("Hatsune Miku", "portrait of Ada");
+- weight = recommended weight / sqrt(k), k the most adapters sharing one of its keywords, so stacked adapters do
+  not overdrive the image; trigger words are appended once.
+The result also comes as an A1111 prompt (`prompt, trigger <lora:name:0.6>`) to paste elsewhere. Deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+KINDS = ("style", "character", "object", "clothing", "concept", "pose", "background")
+DEFAULT_WEIGHT = 0.8
+MIN_WEIGHT, MAX_WEIGHT = 0.05, 2.0
+MAX_PROMPT_CHARS = 4000
+MAX_TRIGGERS_PER_ADAPTER = 3
+MAX_TRIGGER_CHARS = 60
+_TEXT_CHARS = 2000  # of an adapter's name/description read for keyword overlap
+
+_WORD = re.compile(r"[^\W_]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SEGMENT = re.compile(r"[,.;:!?\n|()\[\]{}]+")
+_STOPWORDS = frozenset("""
+a an the of in on at with and or for to by from into onto over under near behind is are be been being this that these
+those it its as his her their our your my very some any no not but so than then there here wearing holding
+style lora model image picture art artwork masterpiece best quality high highly detailed detail details ultra hd hdr
+4k 8k uhd score absurdres resolution
+""".split())
+
+KeywordMapper = Callable[[str, Sequence[str], Sequence["Adapter"]], Mapping[str, Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A reranked adapter as the composer needs it; `weight` is the recommended one, `score` the reranker's."""
+
+    id: str
+    name: str
+    kind: str
+    trigger_words: tuple[str, ...] = ()
+    weight: float = DEFAULT_WEIGHT
+    score: float = 0.0
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("id", "name", "kind", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Adapter.{name} must be a str")
+        if self.kind not in KINDS:
+            raise ValueError(f"Adapter.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("trigger_words", "keywords"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise TypeError(f"Adapter.{name} must be a sequence of str")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("weight", "score"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise TypeError(f"Adapter.{name} must be a number")
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """An adapter in the final set, the prompt keywords it serves and the weight it gets."""
+
+    adapter: Adapter
+    weight: float
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The final adapter set, the prompt with trigger words, and the same as an A1111 prompt."""
+
+    adapters: list[Chosen] = field(default_factory=list)
+    prompt: str = ""
+    a1111: str = ""
+
+
+def _clean(text: str, limit: int) -> str:
+    return re.sub(r"\s+", " ", _CONTROL.sub(" ", text[:limit])).strip()
+
+
+def _stem(word: str) -> str:
+    """Lower case and a crude singular, so 'Cats' meets 'cat' and 'cities' meets 'city'."""
+    word = word.lower()
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "is", "us")):
+        return word[:-1]
+    return word
+
+
+def _words(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text) if len(w) > 1 and _stem(w) not in _STOPWORDS}
+
+
+def _normalise_keyword(keyword: str) -> str:
+    return " ".join(_stem(w) for w in _WORD.findall(keyword))
+
+
+def prompt_keywords(prompt: str) -> list[str]:
+    """The prompt's content words, stemmed, in order of first appearance (stop words and quality tags dropped)."""
+    seen: list[str] = []
+    for word in _WORD.findall(_clean(prompt, MAX_PROMPT_CHARS)):
+        stem = _stem(word)
+        if len(word) > 1 and stem not in _STOPWORDS and stem not in seen:
+            seen.append(stem)
+    return seen
+
+
+def proper_nouns(prompt: str) -> set[str]:
+    """Stems of capitalised words that look like names: not the first word of a comma/sentence segment (where
+    SD prompts capitalise anything), or next to another capitalised word ('Hatsune Miku'). Acronyms excluded."""
+    found: set[str] = set()
+    for segment in _SEGMENT.split(_clean(prompt, MAX_PROMPT_CHARS)):
+        words = _WORD.findall(segment)
+        capital = [w[:1].isupper() and not (w.isupper() and len(w) <= 4) and _stem(w) not in _STOPWORDS
+                   for w in words]
+        for i, word in enumerate(words):
+            neighbour = (i > 0 and capital[i - 1]) or (i + 1 < len(words) and capital[i + 1])
+            if capital[i] and (i > 0 or neighbour):
+                found.add(_stem(word))
+    return found
+
+
+def _contains_phrase(prompt_lower: str, phrase: str) -> bool:
+    phrase = _clean(phrase, MAX_TRIGGER_CHARS).lower()
+    return bool(phrase) and re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", prompt_lower) is not None
+
+
+def _overlap_keywords(adapter: Adapter, keywords: Sequence[str]) -> tuple[str, ...]:
+    text = " ".join([adapter.name[:_TEXT_CHARS], adapter.description[:_TEXT_CHARS],
+                     *(t[:MAX_TRIGGER_CHARS] for t in adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER * 4])])
+    words = _words(text)
+    return tuple(k for k in keywords if k in words)
+
+
+def _mapped_keywords(prompt: str, keywords: list[str], adapters: Sequence[Adapter],
+                     mapper: KeywordMapper | None) -> dict[str, tuple[str, ...]]:
+    """adapter id -> the prompt keywords it serves. An LLM mapper's answer is kept only where it is well formed
+    (known adapter ids, keywords of this prompt); anything it misses, or a mapper that fails, falls back to
+    word overlap."""
+    mapped: dict[str, tuple[str, ...]] = {}
+    if mapper is not None:
+        try:
+            answer = mapper(prompt, list(keywords), list(adapters))
+            known = set(keywords)
+            for adapter_id, served in dict(answer).items():
+                if isinstance(adapter_id, str) and not isinstance(served, str) and isinstance(served, Sequence):
+                    mapped[adapter_id] = tuple(dict.fromkeys(
+                        _normalise_keyword(k) for k in served if isinstance(k, str) and _normalise_keyword(k) in known))
+        except Exception:  # an LLM mapper is a convenience: the rules below do not need it
+            log.warning("keyword mapper failed; using keyword overlap", exc_info=True)
+            mapped = {}
+    result = {}
+    for adapter in adapters:
+        own = tuple(dict.fromkeys(k for k in map(_normalise_keyword, adapter.keywords) if k))
+        result[adapter.id] = own or mapped.get(adapter.id) or _overlap_keywords(adapter, keywords)
+    return result
+
+
+def _weight(value: float) -> float:
+    return min(MAX_WEIGHT, max(MIN_WEIGHT, value)) if math.isfinite(value) and value > 0 else DEFAULT_WEIGHT
+
+
+def _agree(a: Adapter, b: Adapter, threshold: float) -> bool:
+    return a.kind == b.kind and a.score >= threshold and b.score >= threshold
+
+
+def _names_character(adapter: Adapter, prompt_lower: str, nouns: set[str], served: Sequence[str]) -> bool:
+    named = [adapter.name, *adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER * 4]]
+    return any(_contains_phrase(prompt_lower, text) for text in named) or any(k in nouns for k in served)
+
+
+def lora_name(adapter: Adapter) -> str:
+    """A name safe inside `<lora:NAME:w>`: letters, digits, '_', '-', '.'; never empty."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", adapter.name[:MAX_TRIGGER_CHARS * 2]).strip("_.-")
+    return name or "lora_" + (re.sub(r"[^A-Za-z0-9]+", "", adapter.id)[:32] or "adapter")
+
+
+def _trigger(word: str) -> str:
+    return _clean(word, MAX_TRIGGER_CHARS).replace("<", "").replace(">", "").strip(" ,")
+
+
+def _format_weight(weight: float) -> str:
+    return f"{weight:.2f}".rstrip("0").rstrip(".")
+
+
+def compose(prompt: str, adapters: Sequence[Adapter], *, max_styles: int = 2, max_adapters: int = 6,
+            agree_score: float = 0.0, mapper: KeywordMapper | None = None) -> Composition:
+    """The final adapters (best score first), the prompt with their trigger words, and its A1111 form."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    for option, value in (("max_styles", max_styles), ("max_adapters", max_adapters)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{option} must be an integer >= 0, got {value!r}")
+    if not all(isinstance(a, Adapter) for a in adapters):
+        raise TypeError("adapters must be Adapter objects")
+    text = _clean(prompt, MAX_PROMPT_CHARS)
+    lower = text.lower()
+    keywords = prompt_keywords(text)
+    nouns = proper_nouns(text)
+    served_by = _mapped_keywords(text, keywords, adapters, mapper)
+    ranked = sorted(dict((a.id, a) for a in adapters).values(),
+                    key=lambda a: (-(a.score if math.isfinite(a.score) else -math.inf), a.id))
+
+    owners: dict[str, list[Adapter]] = {}
+    chosen: list[tuple[Adapter, tuple[str, ...]]] = []
+    for adapter in ranked:
+        if len(chosen) >= max_adapters:
+            break
+        if adapter.kind == "style" and sum(a.kind == "style" for a, _ in chosen) >= max_styles:
+            continue
+        served = tuple(k for k in served_by[adapter.id]
+                       if all(_agree(adapter, other, agree_score) for other in owners.get(k, [])))
+        if not served:
+            continue
+        if adapter.kind == "character" and not _names_character(adapter, lower, nouns, served):
+            continue
+        for keyword in served:
+            owners.setdefault(keyword, []).append(adapter)
+        chosen.append((adapter, served))
+
+    result = [Chosen(adapter, round(_weight(adapter.weight) / math.sqrt(max(len(owners[k]) for k in served)), 2),
+                     served) for adapter, served in chosen]
+    triggers: list[str] = []
+    for item in result:
+        for word in map(_trigger, item.adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER]):
+            if word and word.lower() not in (t.lower() for t in triggers) and not _contains_phrase(lower, word):
+                triggers.append(word)
+    final = ", ".join(part for part in [text, *triggers] if part)
+    tags = " ".join(f"<lora:{lora_name(c.adapter)}:{_format_weight(c.weight)}>" for c in result)
+    return Composition(adapters=result, prompt=final, a1111=" ".join(part for part in (final, tags) if part))

@@ -1,0 +1,306 @@
+"""End to end: `zoo generate` and `zoo edit` through serving.cli.main on the shipped snapshot's zoo, with a tiny
+SD 1.5-topology checkpoint and tiny kohya LoRAs standing in for the catalogue's files, served by a local HTTP server
+in place of Civitai's download endpoint. Nothing is downloaded from anywhere else."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import typing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+pytest.importorskip("open_clip")
+
+from PIL import Image
+from sqlalchemy import text
+
+from config import Settings
+from orchestration.run import refresh_zoo
+from serving import cli
+from serving import sd_components as sdc
+from serving.masker import RegionMasker, dilate
+from serving.pipelines import file_sha256
+from serving.png_info import parse_parameters, read_png_parameters, sidecar_path
+from serving.studio import Studio, set_default_studio
+
+PROMPT = "pixel art castle on a hill"
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def patch():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield monkeypatch
+
+
+class Files:
+    """Stands in for Civitai's download endpoint: /api/download/models/{id} -> 307 -> /files/{id} -> the bytes.
+    `modes[id]` makes a version answer 401, 403 (early access), 404, or wrong bytes ('mismatch')."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[int, tuple[str, bytes]] = {}
+        self.modes: dict[int, str] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _handler(self):
+        files = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, headers: dict, body: bytes = b"") -> None:
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                with files.lock:
+                    files.requests.append(self.path)
+                endpoint = re.fullmatch(r"/api/download/models/(\d+)", self.path.split("?")[0])
+                stored = re.fullmatch(r"/files/(\d+)", self.path.split("?")[0])
+                json_type = {"Content-Type": "application/json"}
+                if endpoint:
+                    version = int(endpoint.group(1))
+                    mode = files.modes.get(version)
+                    if mode == "401":
+                        return self._send(401, json_type, b'{"error": "Unauthorized", "message": "log in"}')
+                    if mode == "403":
+                        return self._send(403, json_type, b'{"error": "Early Access", "deadline": "2031-01-01"}')
+                    if mode == "404" or version not in files.blobs:
+                        return self._send(404, json_type, b'{"error": "Model not found"}')
+                    return self._send(307, {"Location": f"{files.url}/files/{version}"})
+                if stored and int(stored.group(1)) in files.blobs:
+                    version = int(stored.group(1))
+                    name, data = files.blobs[version]
+                    if files.modes.get(version) == "mismatch":
+                        data = data[:-1] + bytes([data[-1] ^ 1])
+                    return self._send(200, {"Content-Type": "application/octet-stream",
+                                            "Content-Disposition": f'attachment; filename="{name}"'}, data)
+                return self._send(404, json_type, b'{"error": "no such object"}')
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def world(engine, database_url, patch, tmp_path_factory):
+    """The snapshot's zoo whose checkpoints point at one tiny checkpoint and whose LoRAs each at a tiny LoRA."""
+    root = tmp_path_factory.mktemp("studio")
+    files = Files()
+    patch.setenv("DATABASE_URL", database_url)
+    patch.setenv("ZOO_HOME", str(root / "home"))
+    patch.setenv("CIVITAI_BASE_URL", files.url)
+    patch.setenv("CIVITAI_MAX_RETRIES", "0")
+    patch.delenv("CIVITAI_API_KEY", raising=False)
+    patch.delenv("ZOO_PRESET", raising=False)
+    outcome = refresh_zoo(dump_path=str(cli.snapshot_path()), database_url=database_url, workers=1)
+    assert outcome.success, outcome.failures()
+
+    config = sdc.write_sd15_config(root / "sd-config", "tiny")
+    pipe = sdc.build_random_pipeline(config, seed=0)
+    checkpoint = sdc.save_single_file(pipe, root / "tiny.safetensors")
+    with engine.begin() as conn:
+        versions = conn.execute(text(
+            "SELECT version_id, model_type FROM served_model_versions ORDER BY version_id")).all()
+        for version_id, model_type in versions:
+            if model_type == "Checkpoint":
+                path = checkpoint
+            else:
+                path = sdc.write_random_kohya_lora(pipe, root / f"lora-{version_id}.safetensors", seed=version_id,
+                                                   scale=0.05)
+            sha = file_sha256(path).upper()  # the catalogue stores hashes upper-cased
+            conn.execute(text("UPDATE model_files SET sha256 = :sha WHERE version_id = :v AND is_primary"),
+                         {"sha": sha, "v": version_id})
+            files.blobs[version_id] = (path.name, path.read_bytes())
+    masker = RegionMasker(FixedProposer(), _tiny_clip())
+    studio = Studio(Settings.from_env(), config_dir=config, config_variant="tiny", masker=masker)
+    set_default_studio(studio)
+    yield {"root": root, "files": files, "studio": studio, "checkpoint_sha": file_sha256(checkpoint),
+           "versions": dict(versions), "masker": masker}
+    set_default_studio(None)
+    files.close()
+
+
+def _tiny_clip():
+    from embedding.encoders import OpenClipEncoder
+
+    return OpenClipEncoder("zoo-test-studio-tiny-clip", None, device="cpu", model_config=TINY_CLIP)
+
+
+class FixedProposer:
+    """The masks it was told about (the test image's square), whatever the image."""
+
+    masks: typing.ClassVar[list[np.ndarray]] = []
+
+    def propose(self, image):
+        return [m.copy() for m in self.masks]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _generate(capsys, out: Path, *extra: str, prompt: str = PROMPT) -> tuple[int, str, str]:
+    return _run(capsys, "generate", prompt, "--out", str(out), "--steps", "2", "--width", "64", "--height", "64",
+                "--seed", "7", "--no-rerank", "--json", *extra)
+
+
+def test_generate_writes_png_with_a1111_parameters_and_sidecar(world, capsys):
+    out = world["root"] / "castle.png"
+    code, stdout, stderr = _generate(capsys, out)
+    assert code == 0, stderr
+    answer = json.loads(stdout.strip().splitlines()[-1])
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["checkpoint"]["name"] == "Bitforge Pixel Art"
+    assert sidecar["checkpoint"]["model_id"] and sidecar["checkpoint"]["version_id"] == answer["checkpoint"]["version_id"]
+    assert sidecar["adapters"], "the composer kept no adapter for the prompt"
+    for adapter in sidecar["adapters"]:
+        assert adapter["model_id"] and adapter["version_id"] and 0 < adapter["weight"] <= 2
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    params = parse_parameters(read_png_parameters(out))
+    assert params.prompt.startswith(sidecar["composed_prompt"])
+    assert sidecar["composed_prompt"].startswith(PROMPT)
+    assert "<lora:" in params.prompt and "<lora:" in sidecar["a1111_prompt"]
+    assert params.model_hash == world["checkpoint_sha"][:10]
+    tags = dict(params.lora_tags())
+    assert set(params.lora_hashes) == set(tags) == {a["lora_name"] for a in sidecar["adapters"]}
+    for adapter in sidecar["adapters"]:
+        assert params.lora_hashes[adapter["lora_name"]] == adapter["sha256"][:10]
+        assert tags[adapter["lora_name"]] == pytest.approx(adapter["weight"])
+    assert params.steps == 2 and params.seed == 7 and (params.width, params.height) == (64, 64)
+
+
+def test_second_generate_downloads_nothing_and_loads_no_checkpoint(world, capsys):
+    studio, files = world["studio"], world["files"]
+    code, _, stderr = _generate(capsys, world["root"] / "first.png")
+    assert code == 0, stderr
+    loads, requests = studio.manager.loads, len(files.requests)
+    code, _, stderr = _generate(capsys, world["root"] / "second.png", "--seed", "8")
+    assert code == 0, stderr
+    assert len(files.requests) == requests, files.requests[requests:]
+    assert studio.manager.loads == loads == 1
+
+
+def test_explicit_checkpoint_and_adapters_are_honoured(world, capsys):
+    loras = [v for v, t in world["versions"].items() if t == "LORA"][:2]
+    checkpoint = next(v for v, t in world["versions"].items() if t == "Checkpoint")
+    out = world["root"] / "explicit.png"
+    code, _, stderr = _generate(capsys, out, "--checkpoint", str(checkpoint),
+                                "--adapters", f"{loras[0]}:0.5,{loras[1]}:0.25")
+    assert code == 0, stderr
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["checkpoint"]["version_id"] == checkpoint
+    assert [(a["version_id"], a["weight"]) for a in sidecar["adapters"]] == [(loras[0], 0.5), (loras[1], 0.25)]
+    params = parse_parameters(read_png_parameters(out))
+    assert sorted(w for _, w in params.lora_tags()) == [0.25, 0.5]
+    assert len(params.lora_hashes) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", PROMPT, "--out", "x.png", "--adapters", "abc"],
+    ["generate", PROMPT, "--out", "x.png", "--adapters", "920008:heavy"],
+    ["generate", PROMPT, "--out", "x.png", "--adapters", "999999:0.5"],
+    ["generate", PROMPT, "--out", "x.png", "--checkpoint", "999999"],
+    ["generate", PROMPT, "--out", "x.png", "--checkpoint", "920008"],  # a LoRA, not a checkpoint
+    ["generate", PROMPT, "--out", "x.png", "--width", "65"],
+    ["edit", "make it blue", "--image", "/nonexistent/in.png", "--out", "x.png"],
+])
+def test_bad_input_exits_2_with_a_message(world, capsys, argv):
+    code, _, stderr = _run(capsys, *argv)
+    assert code == 2
+    assert stderr.strip()
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("401", "CIVITAI_API_KEY"), ("403", "early access"), ("404", "not found"), ("mismatch", "hash"),
+])
+def test_download_failures_exit_1_with_the_reason(world, capsys, mode, reason):
+    studio, files = world["studio"], world["files"]
+    uncached = [v for v, t in world["versions"].items() if t == "LORA"
+                and studio.downloader.cached_path(file_sha256(world["root"] / f"lora-{v}.safetensors")) is None]
+    version = uncached[-1]
+    files.modes[version] = mode
+    try:
+        code, _, stderr = _generate(capsys, world["root"] / "failed.png", "--adapters", f"{version}:0.5")
+    finally:
+        files.modes.pop(version)
+    assert code == 1
+    assert reason.lower() in " ".join(stderr.split()).lower()
+    assert studio.downloader.cached_path(file_sha256(world["root"] / f"lora-{version}.safetensors")) is None
+
+
+def _square_image(tmp: Path) -> tuple[Path, np.ndarray]:
+    """60x44 (not multiples of 8) grey noise with a red square; and the square's mask."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(100, 160, size=(44, 60, 3), dtype=np.uint8)
+    square = np.zeros((44, 60), dtype=bool)
+    square[14:28, 22:36] = True
+    pixels[square] = (220, 20, 20)
+    path = tmp / "square.png"
+    Image.fromarray(pixels, "RGB").save(path)
+    return path, square
+
+
+def test_edit_inpaints_inside_the_mask_and_keeps_every_other_pixel(world, capsys):
+    path, square = _square_image(world["root"])
+    FixedProposer.masks = [square]
+    out = world["root"] / "edited.png"
+    code, _, stderr = _run(capsys, "edit", "change the red square to blue", "--image", str(path), "--out",
+                                str(out), "--steps", "2", "--seed", "3", "--json")
+    assert code == 0, stderr
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["parsed"]["instruction_type"] == 0 and sidecar["mode"] == "inpaint"
+    assert sidecar["mask"]["source"] == "sam+clip"
+    assert sidecar["retrieval"]["style"] == "text" and any("image encoder" in n for n in sidecar["notes"])
+    original = np.asarray(Image.open(path).convert("RGB"))
+    with Image.open(out) as image:
+        assert image.size == (60, 44)
+        edited = np.asarray(image.convert("RGB"))
+    region = dilate(square, world["masker"].dilation_px)
+    assert sidecar["mask"]["pixels"] == int(region.sum())
+    assert np.array_equal(edited[~region], original[~region])
+    assert not np.array_equal(edited[region], original[region])
+    params = parse_parameters(read_png_parameters(out))
+    assert (params.width, params.height) == (60, 44) and params.model_hash == world["checkpoint_sha"][:10]
+
+
+def test_edit_global_style_runs_img2img_at_the_input_size(world):
+    path, _ = _square_image(world["root"])
+    result, sidecar = world["studio"].edit(Image.open(path), "make it look like a watercolor painting", steps=2,
+                                           seed=1)
+    assert sidecar["parsed"]["instruction_type"] == 3 and sidecar["mode"] == "img2img"
+    assert sidecar["retrieval"]["style"] == "text" and sidecar["mask"] is None
+    assert result.image.size == (60, 44) and result.mask is None
