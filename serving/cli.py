@@ -180,6 +180,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.queries:
         return _search_many(retriever, Path(args.queries), args, filters)
     result = retriever.search(args.query, image, top_k=args.top_k, top_checkpoints=args.checkpoints, filters=filters)
+    if args.rerank and args.query:
+        from serving.api import rerank_hits
+
+        result.adapters = rerank_hits(args.query, result.adapters)
     if args.json:
         print(json.dumps({"query": args.query, "checkpoints": [h.as_dict() for h in result.checkpoints],
                           "adapters": [h.as_dict() for h in result.adapters]}, ensure_ascii=False))
@@ -218,6 +222,10 @@ def _search_many(retriever, path: Path, args: argparse.Namespace, filters) -> in
                     raise ValueError("no query text")
                 result = retriever.search(query[:4000], top_k=args.top_k, top_checkpoints=args.checkpoints,
                                           filters=filters)
+                if args.rerank:
+                    from serving.api import rerank_hits
+
+                    result.adapters = rerank_hits(query[:4000], result.adapters)
                 answer = {"qid": qid, "checkpoints": [h.as_dict() for h in result.checkpoints],
                           "adapters": [h.as_dict() for h in result.adapters]}
             except (ValueError, AttributeError) as error:
@@ -402,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
     search.add_argument("--commercial-use", help="the licence must allow this use: Image, Rent, RentCivit or Sell")
     search.add_argument("--min-downloads", type=int, default=0)
+    search.add_argument("--rerank", action="store_true",
+                        help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 

@@ -59,6 +59,8 @@ class Hit:
     download_url: str | None
     why: str
     description: str = ""
+    rerank_score: float | None = None
+    rerank_round: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

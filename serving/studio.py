@@ -203,9 +203,9 @@ class Studio:
 
     def _rerank_model(self):
         if self._reranker is None:
-            from serving.llm import default_smollm2_dir, load_smollm2
+            from serving.api import load_reranker
 
-            self._reranker = load_smollm2(default_smollm2_dir())
+            self._reranker = load_reranker()
         return self._reranker
 
     # ---- catalogue lookups ----------------------------------------------------------------------------------------
@@ -252,17 +252,15 @@ class Studio:
 
     def _rerank(self, prompt: str, hits: list, notes: list[str]) -> dict[int, float]:
         """version id -> reranker score; empty (with a note) when the reranker cannot be loaded."""
-        from serving.rerank import Candidate, tree_rerank
+        from serving.api import rerank_hits
 
         try:
-            model, tok = self._rerank_model()
+            reranked = rerank_hits(prompt, hits, self._rerank_model())
         except Exception as error:  # noqa: BLE001 - reranking is optional: retrieval order stands
             notes.append(f"rerank skipped: {error}")
             return {}
-        candidates = [Candidate(str(h.version_id), h.name, h.kind, h.why) for h in hits]
-        ranked = tree_rerank(model, tok, prompt, candidates)
-        notes.append(f"adapters reranked by SmolLM2 ({len(candidates)} candidates)")
-        return {int(r.candidate.id): float(r.score) for r in ranked}
+        notes.append(f"adapters reranked by SmolLM2 ({len(hits)} candidates)")
+        return {hit.version_id: hit.rerank_score for hit in reranked}
 
     def _compose(self, prompt: str, hits: list, notes: list[str], *, rerank: bool = False,
                  forced: dict[int, tuple[str, ...]] | None = None) -> tuple[Composition, list[ModelRef]]:

@@ -11,6 +11,19 @@ from sqlalchemy import Engine, create_engine, text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tests never write to the user's ~/.zoo: converted models, caches and downloads go to a session folder."""
+    home = str(tmp_path_factory.mktemp("zoo-home"))
+    previous = os.environ.get("ZOO_HOME")
+    os.environ["ZOO_HOME"] = home
+    yield home
+    if previous is None:
+        os.environ.pop("ZOO_HOME", None)
+    else:
+        os.environ["ZOO_HOME"] = previous
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The embedded server (its data under a dedicated folder), or an external one via ZOO_TEST_DATABASE_URL."""

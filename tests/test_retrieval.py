@@ -153,3 +153,14 @@ def test_zoo_search_usage_errors(zoo) -> None:
     assert main(["search"]) == 2
     assert main(["search", "x", "--top-k", "0"]) == 2
     assert main(["search", "--image", "/nonexistent.png"]) == 2
+
+
+def test_zoo_search_rerank_orders_adapters_by_the_tree_rerank(zoo, capsys) -> None:
+    pytest.importorskip("gguf")
+    from serving.cli import main
+
+    assert main(["search", "anime girl in a knitted winter sweater", "--rerank", "--json", "--top-k", "6"]) == 0
+    adapters = json.loads(capsys.readouterr().out)["adapters"]
+    assert len(adapters) == 6 and all(hit["rerank_score"] is not None for hit in adapters)
+    order = [(-hit["rerank_round"], -hit["rerank_score"]) for hit in adapters]
+    assert order == sorted(order)
