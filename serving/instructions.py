@@ -98,29 +98,31 @@ _REFERENCE = re.compile(r"\b(?:reference|this (?:image|picture|photo|one)|the (?
                         r"(?:image|picture|photo)|style image|example image)\b", re.I)
 _STYLE_WORDS = re.compile(r"\b(?:style|painting|drawing|sketch|illustration|anime|cartoon|watercolou?r|oil|pixel art|"
                           r"render|photograph|comic|manga|impressionis\w*|cyberpunk|vintage|noir)\b", re.I)
+
+
 def _rule(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
 
 
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("transfer", _rule(r"\b(?:transfer|apply|use|match|copy|take)\b.*\bstyle\b|\bstyle of (?:the|this) "
-                            r"(?:reference|image|picture|photo|one)|\blike the reference\b")),
+                       r"(?:reference|image|picture|photo|one)|\blike the reference\b")),
     ("color", _rule(rf"\b(?:change|make|turn|set)\s+the\s+colou?r\s+of\s+{_ARTICLE}(?P<target>[\w\s'-]{{1,60}}?)"
-                         rf"\s+(?:to|into|in)\s+(?P<new>[\w\s'-]{{1,60}})")),
+                    rf"\s+(?:to|into|in)\s+(?P<new>[\w\s'-]{{1,60}})")),
     ("look", _rule(rf"\bmake\s+(?P<target>it|this|everything|{_ARTICLE}(?:whole\s+)?(?:image|picture|photo|scene)|"
-                        rf"{_ARTICLE}[\w'-]+(?:\s[\w'-]+)?)\s+look\s+like\s+(?P<new>.{{1,200}})")),
+                   rf"{_ARTICLE}[\w'-]+(?:\s[\w'-]+)?)\s+look\s+like\s+(?P<new>.{{1,200}})")),
     ("style_of", _rule(r"\b(?:in|into)\s+(?:the\s+)?style\s+of\s+(?P<new>.{1,200})")),
     ("add", _rule(rf"\b(?:add|put|place|insert|include|draw)\s+(?P<new>.{{1,120}}?)(?:\s+(?:to|on|onto|in|into|"
-                       rf"inside|next\s+to|beside|near|above|below|under|behind|in\s+front\s+of)\s+{_ARTICLE}"
-                       rf"(?P<target>[\w\s'-]{{1,60}}))?$")),
+                  rf"inside|next\s+to|beside|near|above|below|under|behind|in\s+front\s+of)\s+{_ARTICLE}"
+                  rf"(?P<target>[\w\s'-]{{1,60}}))?$")),
     ("give", _rule(rf"\bgive\s+{_ARTICLE}(?P<target>[\w'-]+(?:\s[\w'-]+)?)\s+(?P<new>.{{1,120}})")),
     ("replace", _rule(rf"\b(?:replace|swap|substitute)\s+{_ARTICLE}(?P<target>[\w\s'-]{{1,60}}?)\s+(?:with|for|by)\s+"
-                           rf"(?P<new>.{{1,120}})")),
+                      rf"(?P<new>.{{1,120}})")),
     ("turn", _rule(rf"\b(?:turn|change|transform|convert|make)\s+{_ARTICLE}(?P<target>[\w\s'-]{{1,60}}?)\s+"
-                        rf"(?:into|to|in)\s+(?P<new>.{{1,120}})")),
+                   rf"(?:into|to|in)\s+(?P<new>.{{1,120}})")),
     ("remove", _rule(rf"\b(?:remove|erase|delete|get\s+rid\s+of)\s+{_ARTICLE}(?P<target>[\w\s'-]{{1,60}})")),
     ("recolor", _rule(rf"\b(?:make|paint|colou?r|dye)\s+{_ARTICLE}(?P<target>[\w'-]+(?:\s[\w'-]+)?)\s+"
-                           rf"(?P<new>[\w'-]+(?:\s[\w'-]+)?)$")),
+                      rf"(?P<new>[\w'-]+(?:\s[\w'-]+)?)$")),
 )
 
 
@@ -128,8 +130,8 @@ def _strip_article(text: str) -> str:
     return re.sub(rf"^{_ARTICLE}", "", text.strip(" .,!?;:'\""), flags=re.I).strip(" .,!?;:'\"")
 
 
-def _build(kind: int, target: str, rng: str, prompt: str, elements: Sequence[str], source: str = "rules",
-           style: int | None = None, contour: int | None = None) -> EditInstruction:
+def _build(kind: int, target: str, rng: str, prompt: str, elements: Sequence[str], style: int | None = None,
+           contour: int | None = None) -> EditInstruction:
     return EditInstruction(
         instruction_type=kind,
         style_transformation=(1 if kind in (3, 4) else 0) if style is None else style,
@@ -137,7 +139,6 @@ def _build(kind: int, target: str, rng: str, prompt: str, elements: Sequence[str
         generation_prompt=clean_text(prompt, MAX_FIELD_CHARS),
         contour_compatibility=(1 if kind in (2, 3, 4) else 0) if contour is None else contour,
         foreground_elements=tuple(e for e in (clean_text(x, 80) for x in elements) if e)[:MAX_ELEMENTS],
-        source=source,
     )
 
 

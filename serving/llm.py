@@ -67,6 +67,13 @@ def smollm2_gguf() -> Path:
     raise ModelNotInstalled(f"the {SMOLLM2_PACKAGE} package holds no .gguf file; reinstall it: {SMOLLM2_INSTALL}")
 
 
+def default_smollm2_dir() -> Path:
+    """Where the lite preset keeps its converted SmolLM2: `$ZOO_HOME/models/smollm2-135m-instruct`."""
+    from config import Settings
+
+    return Settings.from_env().zoo_home / "models" / "smollm2-135m-instruct"
+
+
 def load_smollm2(cache_dir: str | os.PathLike[str], *, device: str | torch.device | None = None):
     """(model, tokenizer) of SmolLM2-135M-Instruct in float32; converts the GGUF to `cache_dir` on first use.
 

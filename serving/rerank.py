@@ -43,7 +43,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 Method = Literal["cache", "packed"]
 DEFAULT_METHOD: Method = "cache"
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = {"cache": 16, "packed": 4}  # branches per forward; packed attention grows with the square
 DEFAULT_ROUNDS: tuple[tuple[int, float], ...] = ((32, 0.5), (128, 1.0))
 
 
@@ -112,26 +112,29 @@ def _answer_token(tok, context: str, word: str) -> int:
     raise ValueError(f"the tokenizer has no single token for {word!r}: this model cannot be scored Yes/No")
 
 
-def _chat_split(tok, user_text: str) -> tuple[str, str] | None:
-    """(text before the slot, text after it) of a one-turn chat, or None when the tokenizer has no template."""
+def _render_chat(tok, system: str, user: str) -> str | None:
+    """A one-turn chat in the model's template (the system text inlined when the template refuses a system
+    turn), or None when the tokenizer has no template."""
     if not getattr(tok, "chat_template", None):
         return None
-    rendered = tok.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+    try:
+        return tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                       tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates that raise on a system turn (Gemma-style)
+        return tok.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}], tokenize=False,
                                        add_generation_prompt=True)
-    before, found, after = rendered.rpartition(_SLOT)
-    return (before, after) if found else None
 
 
 def _layout(tok, prompt: str) -> _Layout:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    user_text = f"{INSTRUCTION}\n\nPrompt: {_clean(prompt, MAX_PROMPT_CHARS)}\n\nCandidate:\n{_SLOT}\n\n{QUESTION}"
-    split = _chat_split(tok, user_text)
-    if split is not None:
-        prefix_text, tail_text = split
+    user_text = f"Prompt: {_clean(prompt, MAX_PROMPT_CHARS)}\n\nCandidate:\n{_SLOT}\n\n{QUESTION}"
+    rendered = _render_chat(tok, INSTRUCTION, user_text)
+    if rendered is not None and _SLOT in rendered:
+        prefix_text, _, tail_text = rendered.rpartition(_SLOT)
         prefix = _encode(tok, prefix_text)  # the rendered template already holds its special tokens
     else:
-        prefix_text, _, tail_text = user_text.rpartition(_SLOT)
+        prefix_text, _, tail_text = f"{INSTRUCTION}\n\n{user_text}".rpartition(_SLOT)
         tail_text += "\nAnswer:"
         prefix = _leading_specials(tok) + _encode(tok, prefix_text)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -254,19 +257,27 @@ def _packed_batch(model, cache: Cache, branches: list[list[int]], p: int, layout
     return out.logits[0]
 
 
+def token_lengths(tok, prompt: str, candidates: Sequence[Candidate], budget: int) -> tuple[int, list[int]]:
+    """(prefix tokens, each candidate's branch tokens): what a scoring pass will cost, for budgets and benchmarks."""
+    _check(candidates, budget)
+    layout = _layout(tok, prompt)
+    return len(layout.prefix), [len(_branch(tok, layout, c, budget)) for c in candidates]
+
+
 @torch.inference_mode()
 def score_tree(model, tok, prompt: str, candidates: Sequence[Candidate], budget: int = 64, *,
-               batch_size: int = DEFAULT_BATCH_SIZE, method: Method = DEFAULT_METHOD) -> list[float]:
+               batch_size: int | None = None, method: Method = DEFAULT_METHOD) -> list[float]:
     """The independent scores, from one prefix pass and batched branch passes (same order as `candidates`).
 
-    Branches are sorted by length and cut into batches of `batch_size`, so a batch pads (cache) or packs (packed)
-    branches of similar length.
+    Branches are sorted by length and cut into batches of `batch_size` (default per method), so a batch pads
+    (cache) or packs (packed) branches of similar length.
     """
     _check(candidates, budget)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if method not in ("cache", "packed"):
         raise ValueError(f"method must be 'cache' or 'packed', got {method!r}")
+    batch_size = DEFAULT_BATCH_SIZE[method] if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not candidates:
         return []
     layout = _layout(tok, prompt)
@@ -279,7 +290,7 @@ def score_tree(model, tok, prompt: str, candidates: Sequence[Candidate], budget:
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         logits = run(model, cache, [branches[i] for i in chunk], len(layout.prefix), layout, device)
-        for i, score in zip(chunk, _margin(logits, layout)):
+        for i, score in zip(chunk, _margin(logits, layout), strict=True):
             scores[i] = score
     return scores
 
@@ -302,7 +313,7 @@ def _check_rounds(rounds: Sequence[tuple[int, float]]) -> list[tuple[int, float]
 
 
 def tree_rerank(model, tok, prompt: str, candidates: Sequence[Candidate],
-                rounds: Sequence[tuple[int, float]] = DEFAULT_ROUNDS, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                rounds: Sequence[tuple[int, float]] = DEFAULT_ROUNDS, *, batch_size: int | None = None,
                 method: Method = DEFAULT_METHOD) -> list[Ranked]:
     """All candidates ranked: the last round's survivors by score, then those pruned later before those pruned
     earlier. Each round scores the current survivors with its description budget and keeps the top fraction
@@ -315,7 +326,7 @@ def tree_rerank(model, tok, prompt: str, candidates: Sequence[Candidate],
             break
         scores = score_tree(model, tok, prompt, [candidates[i] for i in alive], budget, batch_size=batch_size,
                             method=method)
-        for i, score in zip(alive, scores):
+        for i, score in zip(alive, scores, strict=True):
             last[i] = (score, number)
         alive = sorted(alive, key=lambda i: (-last[i][0], i))[: max(1, math.ceil(keep * len(alive)))]
     order = sorted(last, key=lambda i: (-last[i][1], -last[i][0], i))
@@ -323,17 +334,16 @@ def tree_rerank(model, tok, prompt: str, candidates: Sequence[Candidate],
 
 
 def _listwise_prompt(tok, prompt: str, candidates: Sequence[Candidate], budget: int) -> list[int]:
-    lines = [f"{LISTWISE_INSTRUCTION}\n\nPrompt: {_clean(prompt, MAX_PROMPT_CHARS)}\n\nCandidates:"]
+    entries = []
     for number, candidate in enumerate(candidates, start=1):
         ids = _encode(tok, _clean(candidate.description, budget * _CHARS_PER_TOKEN))[:budget] if budget else []
-        lines.append(f"[{number}] {_clean(candidate.name, MAX_NAME_CHARS)} ({_clean(candidate.kind, MAX_KIND_CHARS)})"
-                     f": {tok.decode(ids).strip()}")
-    text = "\n".join(lines) + "\n\nRanking:"
-    if getattr(tok, "chat_template", None):
-        rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                           add_generation_prompt=True)
+        entries.append(f"[{number}] {_clean(candidate.name, MAX_NAME_CHARS)} "
+                       f"({_clean(candidate.kind, MAX_KIND_CHARS)}): {tok.decode(ids).strip()}")
+    user = f"Prompt: {_clean(prompt, MAX_PROMPT_CHARS)}\n\nCandidates:\n" + "\n".join(entries) + "\n\nRanking:"
+    rendered = _render_chat(tok, LISTWISE_INSTRUCTION, user)
+    if rendered is not None:
         return _encode(tok, rendered)
-    return _leading_specials(tok) + _encode(tok, text)
+    return _leading_specials(tok) + _encode(tok, f"{LISTWISE_INSTRUCTION}\n\n{user}")
 
 
 def parse_ranking(text: str, n: int) -> list[int]:

@@ -1,0 +1,717 @@
+"""Retrieval quality benchmark: do the prompts of real images find the LoRAs and the checkpoint they were made with?
+
+The 2023 dump goes into a fresh zoo (the real Dagster refresh, lite preset: card-text descriptions, MiniLM text
+vectors, HNSW index). Queries are prompts of SFW example images that used at least one served LoRA (resolved in
+image_resources), taken from images that are NOT listed in the gallery of any LoRA they used, so an adapter's own
+card and example prompts cannot hold the answer. Each prompt is cleaned of `<lora:...>`/`<lyco:...>` tags, weight
+syntax such as `(word:1.2)` and the used LoRAs' trigger words; near-identical prompts are deduplicated, and a query
+whose prompt is (nearly) one of the example prompts embedded with any of its answers is dropped. The sampled images
+(and every image sharing their prompt) are held out of the co-usage links while the benchmark runs, so co-usage is
+evidence from other images only.
+
+Ground truth per query: the served LoRA/LoCon versions the image used (adapters) and the served checkpoint version
+it names (checkpoints, when one resolves). Systems, each giving top-10 adapters and top-10 checkpoints:
+  zoo             Retriever.search with the default Weights
+  zoo semantic    the same with popularity and co-usage weights 0 (what the evidence adds)
+  bm25            rank_bm25.BM25Okapi over the text the vectors encode (embedding_text), adapters and checkpoints apart
+  popularity      the most downloaded served versions (global: a per-family list would leak the answer's family)
+  zoo + true ckpt adapters given the image's real checkpoint (an oracle level 1; how much level 1 costs level 2)
+and a grid over Weights(checkpoint_popularity, adapter_popularity, co_usage) tuned on the DEV half of the queries
+(offline re-scoring of the same SQL candidate pools) and reported on the TEST half with the real Retriever.
+
+    python bench/retrieval_quality.py ../shared/civitai/models-2023-07-04.jsonl.gz [--queries 500] [--seed 0]
+        [--write-queries queries.jsonl] [--workdir DIR (keep the zoo; reuse it next time)] [--database-url URL]
+
+Prints one table and ends with one JSON line of headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, text
+
+LORA_TYPES = ("LORA", "LoCon")
+TOP = 10
+NEAR_DUPLICATE = 0.8  # token-set Jaccard at or above which two prompts count as the same prompt
+MIN_QUERY_TOKENS = 3
+MAX_QUERY_CHARS = 4000  # what `zoo search --queries` keeps of a query
+
+# ---------------------------------------------------------------------------------------------------------------
+# Query text
+
+
+_TAG = re.compile(r"<[^<>]{0,400}>")  # <lora:...>, <lyco:...>, <hypernet:...>, any other angle-bracket tag
+_WEIGHTED = re.compile(r"[(\[{]\s*([^()\[\]{}:]{1,200}?)\s*:\s*-?\d*\.?\d+\s*[)\]}]")  # (word:1.2), [word:0.5]
+_TRAILING_WEIGHT = re.compile(r":\s*-?\d*\.?\d+(?=\s*(?:[,)\]}]|$))")  # a weight left after a nested bracket
+_BRACKETS = re.compile(r"\\?[()\[\]{}]")
+_BREAK = re.compile(r"\bBREAK\b")
+_SEPARATORS = re.compile(r"\s*(?:[,|]\s*)+")
+_SPACES = re.compile(r"\s+")
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def strip_prompt_syntax(prompt: str) -> str:
+    """Remove adapter tags and A1111 emphasis syntax, keeping the words."""
+    text_ = _TAG.sub(" ", prompt)
+    for _ in range(3):  # nested emphasis: ((word:1.2)) -> (word) -> word
+        text_ = _WEIGHTED.sub(r"\1", text_)
+    text_ = _TRAILING_WEIGHT.sub("", text_)
+    text_ = _BRACKETS.sub(" ", text_)
+    return _BREAK.sub(",", text_)
+
+
+def _trigger_pattern(words: set[str]) -> re.Pattern | None:
+    phrases = set()
+    for word in words:
+        for part in str(word).split(","):
+            part = _SPACES.sub(" ", strip_prompt_syntax(part)).strip()
+            if len(part) >= 2 and _TOKEN.search(part):
+                phrases.add(re.escape(part).replace(r"\ ", r"\s+"))
+    if not phrases:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(phrases, key=len, reverse=True)) + r")(?!\w)", re.IGNORECASE)
+
+
+def clean_query(prompt: str, trigger_words: set[str]) -> str:
+    """The prompt as a user would have written it without knowing the answer: no tags, weights or trigger words."""
+    text_ = strip_prompt_syntax(prompt)
+    pattern = _trigger_pattern(trigger_words)
+    if pattern is not None:
+        text_ = pattern.sub(" ", text_)
+    text_ = _SEPARATORS.sub(", ", _SPACES.sub(" ", text_))
+    return text_.strip(" ,")[:MAX_QUERY_CHARS]
+
+
+def tokens(text_: str) -> list[str]:
+    return _TOKEN.findall(text_.lower())
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+@dataclass
+class Scores:
+    """Per-query metrics for one level (adapters or checkpoints) of one system."""
+
+    hits: list[float] = field(default_factory=list)
+    recalls: list[float] = field(default_factory=list)
+    reciprocal_ranks: list[float] = field(default_factory=list)
+
+    def add(self, ranked: list[int], truth: set[int]) -> None:
+        top = ranked[:TOP]
+        found = [rank for rank, version in enumerate(top, start=1) if version in truth]
+        self.hits.append(1.0 if found else 0.0)
+        self.recalls.append(len(truth.intersection(top)) / len(truth))
+        self.reciprocal_ranks.append(1.0 / found[0] if found else 0.0)
+
+    @property
+    def n(self) -> int:
+        return len(self.hits)
+
+    def summary(self) -> dict:
+        mean = (lambda xs: round(float(np.mean(xs)), 4) if xs else None)
+        return {"hit_at_10": mean(self.hits), "recall_at_10": mean(self.recalls), "mrr": mean(self.reciprocal_ranks),
+                "n": self.n}
+
+
+@dataclass
+class Query:
+    qid: str
+    image_id: int
+    query: str
+    adapters: set[int]
+    checkpoints: set[int]
+    foreign: bool  # not listed in the gallery of any LoRA it used
+    split: str = ""
+
+
+@dataclass
+class System:
+    name: str
+    adapters: Scores = field(default_factory=Scores)
+    checkpoints: Scores = field(default_factory=Scores)
+
+    def add(self, query: Query, adapters: list[int], checkpoints: list[int]) -> None:
+        self.adapters.add(adapters, query.adapters)
+        if query.checkpoints:
+            self.checkpoints.add(checkpoints, query.checkpoints)
+
+    def summary(self) -> dict:
+        return {"adapters": self.adapters.summary(), "checkpoints": self.checkpoints.summary()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The zoo
+
+
+def ingest(dump: Path, workdir: Path, workers: int) -> tuple[str, float]:
+    from bench.ingest import fresh_database
+    from orchestration.run import refresh_zoo
+
+    url = fresh_database(workdir)
+    started = time.perf_counter()
+    outcome = refresh_zoo(dump_path=str(dump), database_url=url, workers=workers)
+    seconds = time.perf_counter() - started
+    if not outcome.success:
+        sys.exit(f"the refresh failed: {outcome.failures()}")
+    return url, seconds
+
+
+_CANDIDATES = """
+WITH served_loras AS (
+    SELECT version_id FROM served_model_versions WHERE model_type = ANY(:lora_types)
+), served_checkpoints AS (
+    SELECT version_id FROM served_model_versions WHERE model_type = 'Checkpoint'
+), sfw AS (
+    SELECT id, min(prompt) AS prompt, array_agg(DISTINCT version_id) AS galleries
+    FROM images GROUP BY id
+    HAVING bool_and(NOT nsfw) AND min(prompt) IS NOT NULL AND length(min(prompt)) > 0
+), used AS (
+    SELECT r.image_id, array_agg(DISTINCT r.resolved_version_id) AS loras
+    FROM image_resources r JOIN served_loras l ON l.version_id = r.resolved_version_id
+    WHERE r.role = 'lora' GROUP BY r.image_id
+), named_checkpoints AS (
+    SELECT r.image_id,
+           array_agg(DISTINCT r.resolved_version_id) FILTER (WHERE NOT 'gallery' = ANY(r.sources)) AS named,
+           array_agg(DISTINCT r.resolved_version_id) AS any_source
+    FROM image_resources r JOIN served_checkpoints c ON c.version_id = r.resolved_version_id
+    WHERE r.role = 'checkpoint' GROUP BY r.image_id
+)
+SELECT s.id AS image_id, s.prompt, s.galleries, u.loras,
+       coalesce(n.named, n.any_source, '{}') AS checkpoints
+FROM sfw s JOIN used u ON u.image_id = s.id
+LEFT JOIN named_checkpoints n ON n.image_id = s.id
+ORDER BY s.id
+"""
+
+
+def load_catalogue(engine: Engine, retriever) -> dict:
+    """Served, embedded versions: BM25 documents (the text the vectors encode), popularity, trigger words."""
+    from db.cards import served_cards
+    from embedding.describers import Description
+    from embedding.refresh import EXAMPLE_PROMPTS_EMBEDDED, FALLBACK_DESCRIBER, _LORA_TAG, card_from_row, embedding_text
+
+    with engine.connect() as conn:
+        roles = dict(conn.execute(text("SELECT version_id, role FROM embeddings WHERE space = :space"),
+                                  {"space": retriever.space}).all())
+        descriptions = {row.version_id: row for row in conn.execute(text(
+            "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
+            "prompt_version FROM descriptions "
+            "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
+            "ORDER BY version_id, describer = :d DESC"),
+            {"d": retriever.describer, "p": retriever.prompt_version, **FALLBACK_DESCRIBER})}
+        served = {row.version_id: row for row in conn.execute(text(
+            "SELECT version_id, model_id, model_type, trained_words, version_download_count, model_download_count "
+            "FROM served_model_versions"))}
+        documents: dict[int, str] = {}
+        embedded_prompts: dict[int, list[frozenset]] = {}
+        for row in served_cards(conn):
+            version_id = row["version_id"]
+            if version_id not in roles or version_id not in descriptions:
+                continue
+            card, d = card_from_row(row), descriptions[version_id]
+            description = Description(text=d.text, kind=d.kind, trigger_words=tuple(d.trigger_words),
+                                      recommended_weight=d.recommended_weight, describer=d.describer,
+                                      prompt_version=d.prompt_version)
+            documents[version_id] = embedding_text(card, description)
+            embedded_prompts[version_id] = [
+                frozenset(tokens(strip_prompt_syntax(_LORA_TAG.sub("", p))))
+                for p in card.example_prompts[:EXAMPLE_PROMPTS_EMBEDDED]]
+    triggers = {v: set(served[v].trained_words or ()) | set(descriptions[v].trigger_words if v in descriptions else ())
+                for v in served}
+    return {"roles": roles, "documents": documents, "embedded_prompts": embedded_prompts, "served": served,
+            "triggers": triggers}
+
+
+def build_queries(engine: Engine, catalogue: dict, n: int, seed: int) -> tuple[list[Query], dict, list[int]]:
+    """Sample up to n deduplicated, leak-checked queries; returns them, counts, and the image ids to hold out."""
+    roles = catalogue["roles"]
+    counts = defaultdict(int)
+    with engine.connect() as conn:
+        rows = conn.execute(text(_CANDIDATES), {"lora_types": list(LORA_TYPES)}).mappings().all()
+    groups: dict[frozenset, list[dict]] = {}
+    for row in rows:
+        counts["images_with_served_lora"] += 1
+        loras = {v for v in row["loras"] if roles.get(v) == "adapter"}
+        if not loras:
+            counts["dropped_lora_not_embedded"] += 1
+            continue
+        checkpoints = {v for v in row["checkpoints"] if roles.get(v) == "checkpoint"}
+        triggers = set().union(*(catalogue["triggers"].get(v, set()) for v in loras))
+        query = clean_query(row["prompt"], triggers)
+        key = frozenset(tokens(query))
+        if len(key) < MIN_QUERY_TOKENS:
+            counts["dropped_too_short"] += 1
+            continue
+        raw_key = frozenset(tokens(strip_prompt_syntax(row["prompt"])))
+
+        def embedded_with(version: int) -> bool:
+            return any(jaccard(raw_key, example) >= NEAR_DUPLICATE
+                       for example in catalogue["embedded_prompts"].get(version, ()))
+
+        if any(embedded_with(v) for v in loras):
+            counts["dropped_prompt_embedded_with_a_lora"] += 1
+            continue
+        leaky = {v for v in checkpoints if embedded_with(v)}
+        if leaky:  # still a fair adapter query; the checkpoint's own vector holds this prompt, so no checkpoint truth
+            counts["checkpoint_truth_dropped_prompt_embedded"] += 1
+            checkpoints -= leaky
+        item = {"image_id": row["image_id"], "query": query, "adapters": loras, "checkpoints": checkpoints,
+                "foreign": not (loras & set(row["galleries"]))}
+        groups.setdefault(key, []).append(item)
+    counts["distinct_prompts"] = len(groups)
+    rng = random.Random(seed)
+    keys = sorted(groups, key=lambda k: min(item["image_id"] for item in groups[k]))
+    rng.shuffle(keys)
+    # Images outside every used LoRA's gallery first; the LoRA's own gallery only if those run out.
+    keys.sort(key=lambda k: not any(item["foreign"] for item in groups[k]))
+    chosen: list[Query] = []
+    accepted: list[frozenset] = []
+    held_out: list[int] = []
+    by_token: dict[str, list[int]] = defaultdict(list)
+    for key in keys:
+        if len(chosen) >= n:
+            break
+        candidates = {i for t in key for i in by_token[t]}
+        if any(jaccard(key, accepted[i]) >= NEAR_DUPLICATE for i in candidates):
+            counts["dropped_near_duplicate"] += 1
+            held_out.extend(item["image_id"] for item in groups[key])
+            continue
+        items = sorted(groups[key], key=lambda item: (not item["foreign"], item["image_id"]))
+        item = items[rng.randrange(len([i for i in items if i["foreign"] == items[0]["foreign"]]))]
+        for t in key:
+            by_token[t].append(len(accepted))
+        accepted.append(key)
+        held_out.extend(i["image_id"] for i in items)
+        chosen.append(Query(qid=f"q{len(chosen):04d}", image_id=item["image_id"], query=item["query"],
+                            adapters=item["adapters"], checkpoints=item["checkpoints"], foreign=item["foreign"]))
+    order = list(range(len(chosen)))
+    random.Random(seed + 1).shuffle(order)
+    for position, index in enumerate(order):
+        chosen[index].split = "dev" if position < len(order) // 2 else "test"
+    counts["queries"] = len(chosen)
+    counts["foreign"] = sum(q.foreign for q in chosen)
+    counts["with_checkpoint"] = sum(bool(q.checkpoints) for q in chosen)
+    return chosen, dict(counts), sorted(set(held_out))
+
+
+class HeldOut:
+    """Remove the query images' references while the benchmark runs, rebuild the links, and put both back after."""
+
+    def __init__(self, engine: Engine, image_ids: list[int]) -> None:
+        self.engine, self.image_ids = engine, image_ids
+
+    def _rebuild(self) -> int:
+        from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
+        from db.links import rebuild_links
+
+        return rebuild_links(self.engine, ADAPTER_TYPES, CHECKPOINT_TYPES, force=True).links
+
+    def __enter__(self) -> HeldOut:
+        with self.engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_held_out_image_resources"))
+            conn.execute(text("CREATE TABLE bench_held_out_image_resources AS "
+                              "SELECT * FROM image_resources WHERE image_id = ANY(:ids)"), {"ids": self.image_ids})
+            self.rows = conn.execute(text("DELETE FROM image_resources WHERE image_id = ANY(:ids)"),
+                                     {"ids": self.image_ids}).rowcount
+        self.links = self._rebuild()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
+                              "ON CONFLICT DO NOTHING"))
+            conn.execute(text("DROP TABLE bench_held_out_image_resources"))
+        self._rebuild()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Systems
+
+
+def with_weights(retriever, **weights):
+    from serving.retrieval import Weights
+
+    clone = copy.copy(retriever)
+    clone.weights = Weights(**{**asdict(retriever.weights), **weights})
+    return clone
+
+
+def run_zoo(retriever, queries: list[Query], system: System) -> None:
+    for q in queries:
+        result = retriever.search(q.query, top_k=TOP, top_checkpoints=TOP)
+        system.add(q, [h.version_id for h in result.adapters], [h.version_id for h in result.checkpoints])
+
+
+def run_oracle(retriever, queries: list[Query], system: System, families: dict[int, str]) -> None:
+    """Level 2 given the image's real checkpoint (family filter and co-usage with it): only queries that name one."""
+    from serving.retrieval import Hit
+
+    for q in queries:
+        if not q.checkpoints:
+            continue
+        truth = min(q.checkpoints)
+        checkpoint = Hit(model_id=0, version_id=truth, name=str(truth), version_name="", type="Checkpoint",
+                         kind="checkpoint", base_model=None, base_model_family=families[truth], score=0.0,
+                         similarity=0.0, downloads=0, co_usage_images=0, trigger_words=[], recommended_weight=None,
+                         download_url=None, why="")
+        adapters = retriever.adapters(retriever.query_vector(q.query), checkpoint, TOP)
+        system.adapters.add([h.version_id for h in adapters], q.adapters)
+
+
+class BM25Index:
+    """rank_bm25.BM25Okapi (its tokens, idf, k1, b), scored as one sparse product per query instead of a Python
+    loop over every document per query token; `check` compares the two on a few queries."""
+
+    def __init__(self, documents: dict[int, str]) -> None:
+        from rank_bm25 import BM25Okapi
+        from scipy.sparse import csr_matrix
+
+        self.ids = np.array(sorted(documents))
+        self.bm25 = bm25 = BM25Okapi([tokens(documents[v]) for v in self.ids])
+        self.vocabulary = {term: column for column, term in enumerate(sorted(bm25.idf))}
+        rows, columns, values = [], [], []
+        for row, (frequencies, length) in enumerate(zip(bm25.doc_freqs, bm25.doc_len, strict=True)):
+            norm = bm25.k1 * (1 - bm25.b + bm25.b * length / bm25.avgdl)
+            for term, f in frequencies.items():
+                rows.append(row)
+                columns.append(self.vocabulary[term])
+                values.append(bm25.idf[term] * f * (bm25.k1 + 1) / (f + norm))
+        self.matrix = csr_matrix((values, (rows, columns)), shape=(len(self.ids), len(self.vocabulary)))
+
+    def scores(self, query: str) -> np.ndarray:
+        counts = np.zeros(len(self.vocabulary))
+        for term in tokens(query):  # BM25Okapi.get_scores counts a repeated query token each time
+            column = self.vocabulary.get(term)
+            if column is not None:
+                counts[column] += 1
+        return self.matrix @ counts
+
+    def check(self, queries: list[str]) -> float:
+        return max((float(np.max(np.abs(self.scores(q) - self.bm25.get_scores(tokens(q))))) for q in queries),
+                   default=0.0)
+
+    def top(self, query: str, k: int = TOP) -> list[int]:
+        order = np.lexsort((self.ids, -self.scores(query)))[:k]  # score descending, version id ascending on ties
+        return [int(self.ids[i]) for i in order]
+
+
+def run_bm25(catalogue: dict, queries: list[Query], system: System) -> float:
+    """Top-10 by BM25 per level; returns the largest difference from BM25Okapi.get_scores on five queries."""
+    roles, documents = catalogue["roles"], catalogue["documents"]
+    adapters = BM25Index({v: d for v, d in documents.items() if roles[v] == "adapter"})
+    checkpoints = BM25Index({v: d for v, d in documents.items() if roles[v] == "checkpoint"})
+    for q in queries:
+        system.add(q, adapters.top(q.query), checkpoints.top(q.query))
+    return max(adapters.check([q.query for q in queries[:5]]), checkpoints.check([q.query for q in queries[:5]]))
+
+
+def popularity_lists(catalogue: dict) -> tuple[list[int], list[int]]:
+    served, roles = catalogue["served"], catalogue["roles"]
+
+    def top(role: str) -> list[int]:
+        versions = [v for v in catalogue["documents"] if roles[v] == role]
+        return sorted(versions, key=lambda v: (-served[v].version_download_count, v))[:TOP]
+
+    return top("adapter"), top("checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weight grid: the SQL's candidate pools fetched once per query, re-scored offline exactly as the SQL scores them
+
+
+@dataclass
+class Pools:
+    query: Query
+    checkpoint_ids: np.ndarray
+    checkpoint_similarity: np.ndarray
+    checkpoint_popularity: np.ndarray
+    checkpoint_family: list[str]
+    adapter_ids: np.ndarray
+    adapter_similarity: np.ndarray
+    adapter_popularity: np.ndarray
+    adapter_family: np.ndarray
+
+
+def popularity(downloads: int) -> float:
+    return min(1.0, math.log(1 + downloads) / math.log(1_000_000.0))
+
+
+def fetch_pools(retriever, queries: list[Query]) -> list[Pools]:
+    """Each level's whole candidate pool (the HNSW walk the SQL does, no evidence, no family filter)."""
+    zero = with_weights(retriever, checkpoint_popularity=0.0, adapter_popularity=0.0, co_usage=0.0)
+    pools = []
+    for q in queries:
+        vector = zero.query_vector(q.query)
+        checkpoints = zero.checkpoints(vector, zero.candidate_pool)
+        adapters = zero.adapters(vector, None, zero.candidate_pool)
+        pools.append(Pools(
+            q, np.array([h.version_id for h in checkpoints], dtype=np.int64),
+            np.array([h.similarity for h in checkpoints]), np.array([popularity(h.downloads) for h in checkpoints]),
+            [h.base_model_family for h in checkpoints],
+            np.array([h.version_id for h in adapters], dtype=np.int64),
+            np.array([h.similarity for h in adapters]), np.array([popularity(h.downloads) for h in adapters]),
+            np.array([h.base_model_family for h in adapters], dtype=object)))
+    return pools
+
+
+def load_co_usage(engine: Engine) -> dict[int, dict[int, float]]:
+    """checkpoint version -> {adapter version: the co-usage feature the SQL computes}."""
+    links: dict[int, dict[int, float]] = defaultdict(dict)
+    with engine.connect() as conn:
+        for adapter, checkpoint, count in conn.execute(text(
+                "SELECT adapter_version_id, checkpoint_version_id, image_count FROM adapter_checkpoint_links")):
+            links[checkpoint][adapter] = min(1.0, math.log(1 + count) / math.log(50.0))
+    return links
+
+
+def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float) -> tuple[list[int], tuple]:
+    """Level 1 re-scored, and what level 2 needs from it: the adapters of the chosen checkpoint's family (ids,
+    similarity, popularity, co-usage feature with the chosen checkpoint)."""
+    ck_score = pools.checkpoint_similarity + checkpoint_popularity * pools.checkpoint_popularity
+    ck_order = np.lexsort((pools.checkpoint_ids, -ck_score))
+    checkpoints = [int(pools.checkpoint_ids[i]) for i in ck_order[:TOP]]
+    if len(ck_order):
+        top = int(ck_order[0])
+        chosen = int(pools.checkpoint_ids[top])
+        keep = pools.adapter_family == pools.checkpoint_family[top]
+    else:
+        chosen, keep = -1, np.ones(len(pools.adapter_ids), dtype=bool)
+    ids = pools.adapter_ids[keep]
+    co = links.get(chosen, {})
+    co_feature = np.array([co.get(int(v), 0.0) for v in ids])
+    return checkpoints, (ids, pools.adapter_similarity[keep], pools.adapter_popularity[keep], co_feature)
+
+
+def rank_adapters(level2: tuple, adapter_popularity: float, co_usage: float) -> list[int]:
+    ids, similarity, popularity_, co_feature = level2
+    score = similarity + adapter_popularity * popularity_ + co_usage * co_feature
+    order = np.lexsort((ids, -score))
+    return [int(ids[i]) for i in order[:TOP]]
+
+
+def rescore(pools: Pools, links: dict, checkpoint_popularity: float, adapter_popularity: float,
+            co_usage: float) -> tuple[list[int], list[int]]:
+    """Both levels as the SQL scores them: similarity + popularity (+ co-usage with the top checkpoint)."""
+    checkpoints, level2 = rank_checkpoints(pools, links, checkpoint_popularity)
+    return rank_adapters(level2, adapter_popularity, co_usage), checkpoints
+
+
+GRID = {
+    "checkpoint_popularity": (0.0, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5),
+    "adapter_popularity": (0.0, 0.02, 0.04, 0.08, 0.12, 0.2, 0.3, 0.5),
+    "co_usage": (0.0, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5),
+}
+
+
+def grid_search(pools: list[Pools], links: dict) -> tuple[dict, dict, list]:
+    """The weights with the best adapter MRR + checkpoint MRR on these (dev) pools."""
+    results = []
+    for checkpoint_popularity in GRID["checkpoint_popularity"]:
+        level1 = [rank_checkpoints(pool, links, checkpoint_popularity) for pool in pools]
+        for adapter_popularity, co_usage in itertools.product(GRID["adapter_popularity"], GRID["co_usage"]):
+            weights = {"checkpoint_popularity": checkpoint_popularity, "adapter_popularity": adapter_popularity,
+                       "co_usage": co_usage}
+            system = System("grid")
+            for pool, (checkpoints, level2) in zip(pools, level1, strict=True):
+                system.add(pool.query, rank_adapters(level2, adapter_popularity, co_usage), checkpoints)
+            s = system.summary()
+            objective = (s["adapters"]["mrr"] or 0.0) + (s["checkpoints"]["mrr"] or 0.0)
+            results.append((objective, weights, s))
+    results.sort(key=lambda r: (-r[0], sorted(r[1].items())))
+    return results[0][1], results[0][2], results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def write_queries(path: Path, queries: list[Query], answers_path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for q in queries:
+            out.write(json.dumps({"qid": q.qid, "query": q.query}, ensure_ascii=False) + "\n")
+    with answers_path.open("w", encoding="utf-8") as out:
+        for q in queries:
+            out.write(json.dumps({"qid": q.qid, "adapters": sorted(q.adapters), "checkpoints": sorted(q.checkpoints),
+                                  "image_id": q.image_id, "split": q.split, "foreign": q.foreign}) + "\n")
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    header = (f"{'system':<34}{'ad hit@10':>10}{'ad rec@10':>10}{'ad MRR':>8}{'ck hit@10':>10}{'ck MRR':>8}"
+              f"{'queries':>9}{'w/ ckpt':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, s in rows:
+        a, c = s["adapters"], s["checkpoints"]
+        print(f"{name:<34}{fmt(a['hit_at_10']):>10}{fmt(a['recall_at_10']):>10}{fmt(a['mrr']):>8}"
+              f"{fmt(c['hit_at_10']):>10}{fmt(c['mrr']):>8}{a['n']:>9}{c['n']:>9}")
+
+
+def short(s: dict) -> dict:
+    return {"hit_at_10": s["hit_at_10"], "recall_at_10": s["recall_at_10"], "mrr": s["mrr"]}
+
+
+def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None:
+    os.environ["DATABASE_URL"] = url
+    from config import Settings
+    from serving.api import open_retriever
+
+    retriever = open_retriever(Settings.from_env())
+    engine = retriever.engine
+    started = time.perf_counter()
+    catalogue = load_catalogue(engine, retriever)
+    queries, counts, held_out = build_queries(engine, catalogue, args.queries, args.seed)
+    if not queries:
+        sys.exit("no queries could be built: is the zoo refreshed (descriptions, embeddings)?")
+    print(f"zoo: {len(catalogue['documents'])} embedded versions "
+          f"({sum(r == 'adapter' for r in catalogue['roles'].values())} adapters) in space {retriever.space}"
+          + (f"; ingest {ingest_s:.0f} s" if ingest_s is not None else ""))
+    print("queries: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if args.write_queries:
+        answers = args.answers or args.write_queries.with_name(args.write_queries.stem + ".answers.jsonl")
+        write_queries(args.write_queries, queries, answers)
+        print(f"wrote {args.write_queries} and {answers}")
+    with engine.connect() as conn:
+        families = dict(conn.execute(text(
+            "SELECT version_id, base_model_family FROM served_model_versions WHERE model_type = 'Checkpoint'")).all())
+    dev = [q for q in queries if q.split == "dev"]
+    test = [q for q in queries if q.split == "test"]
+    with HeldOut(engine, held_out) as held:
+        print(f"held out {len(held_out)} images ({held.rows} references) from the co-usage links: {held.links} links")
+        zoo, semantic, oracle = System("zoo"), System("zoo semantic"), System("zoo + true checkpoint (oracle)")
+        run_zoo(retriever, queries, zoo)
+        no_evidence = with_weights(retriever, checkpoint_popularity=0.0, adapter_popularity=0.0, co_usage=0.0)
+        run_zoo(no_evidence, queries, semantic)
+        run_oracle(retriever, queries, oracle, families)
+        bm25 = System("bm25")
+        bm25_diff = run_bm25(catalogue, queries, bm25)
+        popular = System("popularity")
+        top_adapters, top_checkpoints = popularity_lists(catalogue)
+        for q in queries:
+            popular.add(q, top_adapters, top_checkpoints)
+        best = None
+        if not args.no_grid and dev and test:
+            links = load_co_usage(engine)
+            pools = fetch_pools(retriever, dev)
+            defaults = {k: getattr(retriever.weights, k) for k in GRID}
+            check = System("offline defaults")
+            agree = 0
+            for pool in pools:
+                adapters, checkpoints = rescore(pool, links, **defaults)
+                check.add(pool.query, adapters, checkpoints)
+                real = retriever.search(pool.query.query, top_k=TOP, top_checkpoints=TOP)
+                agree += adapters == [h.version_id for h in real.adapters] and \
+                    checkpoints == [h.version_id for h in real.checkpoints]
+            best, best_dev, ranking = grid_search(pools, links)
+            default_test, tuned_test = System("zoo, default weights (test)"), System("zoo, dev-tuned weights (test)")
+            run_zoo(retriever, test, default_test)
+            run_zoo(with_weights(retriever, **best), test, tuned_test)
+            default_dev = check.summary()
+    seconds = time.perf_counter() - started
+
+    rows = [(f"zoo (default weights)", zoo.summary()), ("zoo semantic only (no evidence)", semantic.summary()),
+            ("bm25 (embedding_text)", bm25.summary()), ("popularity (global downloads)", popular.summary()),
+            ("zoo + true checkpoint (oracle)", oracle.summary())]
+    print()
+    print(f"all {len(queries)} queries (adapter truth: served LoRA/LoCon versions used; checkpoint truth: the "
+          f"checkpoint version the image names, {zoo.checkpoints.n} queries)")
+    print_table(rows)
+    print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e})")
+    output = {"bench": "retrieval_quality", "queries": len(queries), "seed": args.seed,
+              "zoo": short(zoo.adapters.summary()), "zoo_semantic": short(semantic.adapters.summary()),
+              "bm25": short(bm25.adapters.summary()), "popularity": short(popular.adapters.summary()),
+              "oracle_checkpoint": short(oracle.adapters.summary()),
+              "checkpoints": {"queries": zoo.checkpoints.n, "zoo": short(zoo.checkpoints.summary()),
+                              "zoo_semantic": short(semantic.checkpoints.summary()),
+                              "bm25": short(bm25.checkpoints.summary()),
+                              "popularity": short(popular.checkpoints.summary())}}
+    if best is not None:
+        print()
+        print(f"weights: default {defaults}; best on the dev half ({len(dev)} queries, objective adapter MRR + "
+              f"checkpoint MRR) {best}")
+        print(f"offline re-scoring reproduces the SQL's top-10 lists on {agree}/{len(pools)} dev queries")
+        print("best dev objectives: " + "; ".join(
+            f"{objective:.4f} {tuple(weights.values())}" for objective, weights, _ in ranking[:5])
+            + "  (checkpoint_popularity, adapter_popularity, co_usage)")
+        print_table([("dev: default weights (offline)", default_dev), ("dev: best grid weights (offline)", best_dev),
+                     ("test: default weights", default_test.summary()),
+                     ("test: dev-tuned weights", tuned_test.summary())])
+        output.update({"default_weights": defaults, "best_weights": best,
+                       "test": {"queries": len(test), "default": default_test.summary(),
+                                "tuned": tuned_test.summary()}})
+    output["seconds"] = round(seconds, 1)
+    print(json.dumps(output))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dump", type=Path, help="JSON Lines dump of /models items (the 2023 dump)")
+    parser.add_argument("--queries", type=int, default=500, help="how many queries to sample")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--write-queries", type=Path, help="write {qid, query} JSON Lines here (for zoo search "
+                        "--queries) and the answers beside it")
+    parser.add_argument("--answers", type=Path, help="where the answers go (default: <queries>.answers.jsonl)")
+    parser.add_argument("--workdir", type=Path, help="ingest into this folder and keep the zoo there (default: a "
+                        "temporary folder); a folder holding a zoo from an earlier run is evaluated without ingesting")
+    parser.add_argument("--database-url", help="evaluate this already refreshed zoo instead of ingesting the dump")
+    parser.add_argument("--no-grid", action="store_true", help="skip the dev/test weight grid")
+    args = parser.parse_args()
+    # The lite preset: card-text describer, MiniLM text vectors, no image half (the refresh and the retriever agree).
+    os.environ["ZOO_PRESET"] = "lite"
+    for variable in ("ZOO_DESCRIBER", "ZOO_TEXT_ENCODER", "ZOO_IMAGE_ENCODER"):
+        os.environ.pop(variable, None)
+    if args.database_url:
+        evaluate(args, args.database_url, None)
+        return
+    if not args.dump.is_file():
+        print(f"skipped: dump {args.dump} not found")
+        print(json.dumps({"bench": "retrieval_quality", "skipped": f"missing {args.dump}"}))
+        return
+    if args.workdir:
+        marker = args.workdir / "retrieval_quality_zoo.json"
+        if marker.is_file():  # a zoo refreshed by an earlier run
+            from db.embedded import embedded_database_url
+
+            kept = json.loads(marker.read_text())
+            embedded = args.workdir / "pg" / "data"
+            url = embedded_database_url(embedded) if embedded.is_dir() else kept["database_url"]
+            evaluate(args, url, None)
+            return
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        url, ingest_s = ingest(args.dump, args.workdir, args.workers)
+        marker.write_text(json.dumps({"database_url": url, "dump": str(args.dump), "ingest_s": round(ingest_s, 1)}))
+        evaluate(args, url, ingest_s)
+        return
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as workdir:
+        url, ingest_s = ingest(args.dump, Path(workdir), args.workers)
+        evaluate(args, url, ingest_s)
+
+
+if __name__ == "__main__":
+    main()
