@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -13,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def zoo_home() -> Iterator[str]:
     """Tests never write to the user's ~/.zoo: converted models, caches and downloads go to a session folder."""
-    home = str(tmp_path_factory.mktemp("zoo-home"))
+    home = tempfile.mkdtemp(prefix="zoo-test-home-")
     previous = os.environ.get("ZOO_HOME")
     os.environ["ZOO_HOME"] = home
     yield home
@@ -23,16 +26,24 @@ def zoo_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ.pop("ZOO_HOME", None)
     else:
         os.environ["ZOO_HOME"] = previous
+    shutil.rmtree(home, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The embedded server (its data under a dedicated folder), or an external one via ZOO_TEST_DATABASE_URL."""
+def pg_admin_url() -> Iterator[str]:
+    """The embedded server, or an external one via ZOO_TEST_DATABASE_URL.
+
+    Its data lives in a folder of its own, not under pytest's basetemp: pytest deletes all but the three newest
+    basetemps, so a concurrent pytest session would delete a live server's data under this one.
+    """
     external = os.environ.get("ZOO_TEST_DATABASE_URL")
     if external:
-        return external
+        yield external
+        return
     from db.embedded import embedded_database_url
 
-    return embedded_database_url(tmp_path_factory.mktemp("pg") / "data")
+    # Left in place at the end: the server stops when the session's process exits, after fixtures are torn down.
+    yield embedded_database_url(Path(tempfile.mkdtemp(prefix="zoo-test-pg-")) / "data")
 
 
 @pytest.fixture(scope="module")
