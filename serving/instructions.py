@@ -357,6 +357,8 @@ class OpenAIChat:
                 raise ValueError(f"{option} must be a number >= 0, got {value!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model.strip()
         self._headers = {"Content-Type": "application/json"}

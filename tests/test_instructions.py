@@ -224,7 +224,8 @@ def test_openai_backend_unreachable_and_bad_options():
     closed = OpenAIChat("http://127.0.0.1:9/v1", "m", max_retries=1, backoff=0, timeout=1)
     assert InstructionParser(closed).parse("add a moon").source == "rules"
     for bad in (dict(base_url="ftp://x", model="m"), dict(base_url="http://x", model=" "),
-                dict(base_url="http://x", model="m", timeout=-1), dict(base_url="http://x", model="m", max_retries=-1)):
+                dict(base_url="http://x", model="m", timeout=-1), dict(base_url="http://x", model="m", max_retries=-1),
+                dict(base_url="http://x", model="m", max_tokens=0)):
         with pytest.raises(ValueError):
             OpenAIChat(**bad)
 
