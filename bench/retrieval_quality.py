@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Engine, text
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 LORA_TYPES = ("LORA", "LoCon")
 TOP = 10
 NEAR_DUPLICATE = 0.8  # token-set Jaccard at or above which two queries count as the same prompt
@@ -552,9 +554,9 @@ def rescore(pools: Pools, links: dict, checkpoint_popularity: float, adapter_pop
 
 
 GRID = {
-    "checkpoint_popularity": (0.0, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5),
-    "adapter_popularity": (0.0, 0.02, 0.04, 0.08, 0.12, 0.2, 0.3, 0.5),
-    "co_usage": (0.0, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5),
+    "checkpoint_popularity": (0.0, 0.1, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 4.0),
+    "adapter_popularity": (0.0, 0.04, 0.08, 0.15, 0.3, 0.5, 1.0, 2.0, 4.0),
+    "co_usage": (0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0),
 }
 
 

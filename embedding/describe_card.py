@@ -23,7 +23,7 @@ from embedding.description import MAX_TEXT_CHARS, AdapterCard, Description
 log = logging.getLogger(__name__)
 
 CARD_TEXT_NAME = "card-text"
-CARD_TEXT_PROMPT_VERSION = "card-1"  # bump when a rule below changes what is written
+CARD_TEXT_PROMPT_VERSION = "card-2"  # bump when a rule below changes what is written
 
 # Input bounds: what a card can cost, whatever its size.
 _MAX_CARD_CHARS = 20_000
@@ -102,7 +102,10 @@ _WEIGHT = re.compile(r":\s*-?\d+(?:\.\d+)?")
 _BRACKETS = re.compile(r"[()\[\]{}\\]")
 _PHRASE_SPLIT = re.compile(r"[,\n|;]|\bBREAK\b")
 _TRIGGER_SPLIT = re.compile(r"[,\n;|]")
-_TRIGGER_STRIP = " \t\"'`()[]{}.:;!?*"
+_TRIGGER_STRIP = " \t\"'`.:;!?*"
+_BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_CLOSING = {close: open_ for open_, close in _BRACKET_PAIRS.items()}
+_ESCAPED_BRACKET = re.compile(r"\\([()\[\]{}])")
 
 # Civitai category tags (and common community tags) and the kind each one means.
 _TAG_KINDS: dict[str, str] = {
@@ -266,11 +269,63 @@ def detect_kind(card: AdapterCard) -> str:
     return max(_KIND_PRIORITY, key=lambda kind: (scores[kind], -_KIND_PRIORITY.index(kind)))
 
 
-def clean_trigger_words(words: Iterable[object]) -> tuple[str, ...]:
-    """Trigger words as a user types them: comma lists split, tags and weights removed, deduplicated.
+def unescape_brackets(text: str) -> str:
+    """A1111 prompt syntax escapes literal brackets (`alice \\(nikke\\)`); the unescaped form is the name."""
+    return _ESCAPED_BRACKET.sub(r"\1", text)
 
-    Entries that are empty, have no letter or digit, hold a URL, or are too long to be a trigger (a whole pasted
-    prompt) are dropped; at most MAX_TRIGGERS are kept.
+
+def _unbalanced_brackets(piece: str) -> set[int]:
+    """Positions of brackets without a partner: emphasis syntax cut apart by a comma split ('((sexy')."""
+    stack: list[int] = []
+    unmatched: set[int] = set()
+    for position, char in enumerate(piece):
+        if char in _BRACKET_PAIRS:
+            stack.append(position)
+        elif char in _CLOSING:
+            if stack and piece[stack[-1]] == _CLOSING[char]:
+                stack.pop()
+            else:
+                unmatched.add(position)
+    return unmatched | set(stack)
+
+
+def _wraps_whole(piece: str) -> bool:
+    """Whether the first character is an opening bracket whose partner is the last character: '(word)'."""
+    if len(piece) < 2 or piece[0] not in _BRACKET_PAIRS or piece[-1] != _BRACKET_PAIRS[piece[0]]:
+        return False
+    depth = 0
+    for position, char in enumerate(piece):
+        depth += char in _BRACKET_PAIRS
+        depth -= char in _CLOSING
+        if depth == 0:
+            return position == len(piece) - 1
+    return False
+
+
+def _trigger_piece(raw: str) -> str:
+    """One trigger as a user types it into a diffusers prompt: weights, emphasis brackets around the whole and
+    unpaired brackets removed, escaped brackets kept as literal ones ('character \\(series\\)' -> 'character
+    (series)')."""
+    piece = unescape_brackets(_WEIGHT.sub("", raw))
+    unmatched = _unbalanced_brackets(piece)
+    piece = "".join(char for position, char in enumerate(piece) if position not in unmatched)
+    piece = _SPACES.sub(" ", piece).strip(_TRIGGER_STRIP)
+    while _wraps_whole(piece):
+        piece = piece[1:-1].strip(_TRIGGER_STRIP)
+    return piece
+
+
+def _is_quality_token(piece: str) -> bool:
+    key = piece.lower()
+    return key in _QUALITY or _QUALITY_PATTERN.match(key) is not None
+
+
+def clean_trigger_words(words: Iterable[object]) -> tuple[str, ...]:
+    """Trigger words as a user types them: comma lists split, tags, weights and emphasis removed, deduplicated.
+
+    Entries that are empty, a single letter or digit (what ':d' or '3' leave), have no letter or digit, hold a URL,
+    or are too long to be a trigger (a whole pasted prompt) are dropped; so are quality tokens ('masterpiece', '8k')
+    unless nothing else is left; at most MAX_TRIGGERS are kept.
     """
     cleaned: list[str] = []
     seen: set[str] = set()
@@ -280,18 +335,18 @@ def clean_trigger_words(words: Iterable[object]) -> tuple[str, ...]:
         if not isinstance(word, str):
             continue
         text = _ANY_TAG.sub(" ", strip_invisible(word[:_MAX_TRAINED_WORD_CHARS]))
-        for piece in _TRIGGER_SPLIT.split(text):
-            piece = _SPACES.sub(" ", _WEIGHT.sub("", piece)).strip(_TRIGGER_STRIP)
+        for raw in _TRIGGER_SPLIT.split(text):
+            piece = _trigger_piece(raw)
             key = piece.lower()
-            if (not piece or key in seen or len(piece) > MAX_TRIGGER_CHARS
-                    or len(piece.split()) > _MAX_TRIGGER_WORDS or not any(c.isalnum() for c in piece)
-                    or _URL.search(piece)):
+            if (key in seen or len(piece) > MAX_TRIGGER_CHARS or len(piece.split()) > _MAX_TRIGGER_WORDS
+                    or sum(c.isalnum() for c in piece) < (1 if not piece.isascii() else 2) or _URL.search(piece)):
                 continue
             seen.add(key)
             cleaned.append(piece)
             if len(cleaned) >= MAX_TRIGGERS:
                 break
-    return tuple(cleaned)
+    specific = tuple(piece for piece in cleaned if not _is_quality_token(piece))
+    return specific or tuple(cleaned)
 
 
 def default_weight(model_type: str) -> float:

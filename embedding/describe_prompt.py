@@ -20,6 +20,7 @@ from embedding.describe_card import (
     clamp_weight,
     clean_text,
     clean_trigger_words,
+    unescape_brackets,
     example_weight,
     kind_from_label,
     strip_invisible,
@@ -130,10 +131,10 @@ def _evidenced_triggers(value: object, card: AdapterCard) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list):
         return ()
-    haystack = " ".join(
+    haystack = unescape_brackets(" ".join(
         s for s in (card.card_text[:50_000] if isinstance(card.card_text, str) else "",
                     *card.trained_words, *card.example_prompts) if isinstance(s, str)
-    ).lower()
+    )).lower()
     return tuple(word for word in clean_trigger_words(value) if word.lower() in haystack)
 
 

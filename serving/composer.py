@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ class Adapter:
     score: float = 0.0
     description: str = ""
     keywords: tuple[str, ...] = ()
+    file_name: str = ""  # the adapter's file: A1111 finds a LoRA by its file stem
 
     def __post_init__(self) -> None:
-        for name in ("id", "name", "kind", "description"):
+        for name in ("id", "name", "kind", "description", "file_name"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Adapter.{name} must be a str")
         if self.kind not in KINDS:
@@ -189,13 +191,22 @@ def _names_character(adapter: Adapter, prompt_lower: str, nouns: set[str], serve
 
 
 def lora_name(adapter: Adapter) -> str:
-    """A name safe inside `<lora:NAME:w>`: letters, digits, '_', '-', '.'; never empty."""
+    """The name inside `<lora:NAME:w>`: the file's stem, as A1111 looks LoRAs up by file name, else the adapter's
+    name made filename-safe; never empty and never holding the tag's own ':', '<' or '>'."""
+    stem = re.sub(r"[:<>\s]+", " ", PurePath(adapter.file_name.replace("\\", "/")).stem).strip()
+    if stem:
+        return stem[:MAX_TRIGGER_CHARS * 2]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", adapter.name[:MAX_TRIGGER_CHARS * 2]).strip("_.-")
     return name or "lora_" + (re.sub(r"[^A-Za-z0-9]+", "", adapter.id)[:32] or "adapter")
 
 
 def _trigger(word: str) -> str:
     return _clean(word, MAX_TRIGGER_CHARS).replace("<", "").replace(">", "").strip(" ,")
+
+
+def _a1111_escape(word: str) -> str:
+    """A trigger as A1111 prompt syntax reads it literally: its brackets escaped, not taken as emphasis."""
+    return re.sub(r"([()\[\]])", r"\\\1", word)
 
 
 def _format_weight(weight: float) -> str:
@@ -239,11 +250,20 @@ def compose(prompt: str, adapters: Sequence[Adapter], *, max_styles: int = 2, ma
 
     result = [Chosen(adapter, round(_weight(adapter.weight) / math.sqrt(max(len(owners[k]) for k in served)), 2),
                      served) for adapter, served in chosen]
+    return render(text, result)
+
+
+def render(prompt: str, chosen: Sequence[Chosen]) -> Composition:
+    """The composition of an adapter set already chosen: the prompt with each adapter's first trigger words appended
+    once (those the prompt does not already hold), and the A1111 form with `<lora:NAME:w>` tags."""
+    text = _clean(prompt, MAX_PROMPT_CHARS)
+    lower = text.lower()
     triggers: list[str] = []
-    for item in result:
+    for item in chosen:
         for word in map(_trigger, item.adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER]):
             if word and word.lower() not in (t.lower() for t in triggers) and not _contains_phrase(lower, word):
                 triggers.append(word)
     final = ", ".join(part for part in [text, *triggers] if part)
-    tags = " ".join(f"<lora:{lora_name(c.adapter)}:{_format_weight(c.weight)}>" for c in result)
-    return Composition(adapters=result, prompt=final, a1111=" ".join(part for part in (final, tags) if part))
+    a1111 = ", ".join(part for part in [text, *map(_a1111_escape, triggers)] if part)
+    tags = " ".join(f"<lora:{lora_name(c.adapter)}:{_format_weight(c.weight)}>" for c in chosen)
+    return Composition(adapters=list(chosen), prompt=final, a1111=" ".join(part for part in (a1111, tags) if part))

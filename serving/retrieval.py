@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
+from embedding.describe_card import clean_trigger_words
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
 
@@ -58,6 +59,7 @@ class Hit:
     recommended_weight: float | None
     download_url: str | None
     why: str
+    file_name: str | None = None
     description: str = ""
     rerank_score: float | None = None
     rerank_round: int | None = None
@@ -85,8 +87,8 @@ _RESULT = f"""
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
            s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images,
-           s.model_download_count AS downloads, coalesce(d.trigger_words, s.trained_words) AS trigger_words,
-           d.recommended_weight, s.download_url, coalesce(d.text, '') AS description
+           s.model_download_count AS downloads, d.trigger_words, s.trained_words,
+           d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description
     FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
     LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
     ORDER BY r.score DESC, r.version_id LIMIT :k"""
@@ -277,7 +279,7 @@ class Retriever:
                    base_model=row["base_model"], base_model_family=row["base_model_family"],
                    score=round(float(row["score"]), 6), similarity=round(float(row["similarity"]), 6),
                    downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
-                   trigger_words=list(row["trigger_words"] or []),
+                   trigger_words=list(row["trigger_words"] or clean_trigger_words(row["trained_words"] or [])),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
-                   why="; ".join(why), description=row["description"])
+                   why="; ".join(why), file_name=row["file_name"], description=row["description"])
 

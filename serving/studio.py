@@ -36,13 +36,16 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from config import Settings
+from embedding.describe_card import clean_trigger_words
 from serving.composer import (
     DEFAULT_WEIGHT,
     KINDS,
     Adapter,
+    Chosen,
     Composition,
     compose,
     lora_name,
+    render,
 )
 from serving.generate import GenerationResult
 from serving.generate import generate as run_generate
@@ -219,7 +222,7 @@ class Studio:
             rows = conn.execute(text(_LOOKUP), {"ids": ids}).mappings().all()
         found = {}
         for row in rows:
-            triggers = list(row["described_triggers"] or row["trained_words"] or [])
+            triggers = list(row["described_triggers"] or clean_trigger_words(row["trained_words"] or []))
             kind = "checkpoint" if row["model_type"] == "Checkpoint" else (row["kind"] or "other")
             found[int(row["version_id"])] = ModelRef(
                 version_id=int(row["version_id"]), model_id=int(row["model_id"]), name=row["model_name"],
@@ -281,7 +284,8 @@ class Studio:
                             trigger_words=tuple(h.trigger_words),
                             weight=float(h.recommended_weight or DEFAULT_WEIGHT),
                             score=scores.get(h.version_id, h.score), description=refs[h.version_id].description,
-                            keywords=(forced or {}).get(h.version_id, ()))
+                            keywords=(forced or {}).get(h.version_id, ()),
+                            file_name=refs[h.version_id].file_name or "")
                     for h in usable]
         composition = compose(prompt, adapters)
         chosen = []
@@ -295,6 +299,7 @@ class Studio:
     def _explicit(self, prompt: str, adapters: Sequence[tuple[int, float]]) -> tuple[Composition, list[ModelRef]]:
         refs = self.lookup([v for v, _ in adapters])
         chosen: list[ModelRef] = []
+        given: list[Chosen] = []
         for version_id, weight in adapters:
             ref = refs.get(int(version_id))
             if ref is None:
@@ -304,18 +309,13 @@ class Studio:
                 raise UnknownVersion(f"adapter version {version_id} ({ref.name}) is a {ref.type}; only LORA, LoCon "
                                      "and DoRA adapters can be applied")
             ref = ModelRef(**ref.__dict__)
-            ref.weight = float(weight)
-            ref.lora_name = lora_name(Adapter(id=str(ref.version_id), name=ref.name, kind="concept"))
+            adapter = Adapter(id=str(ref.version_id), name=ref.name, kind="concept",
+                              trigger_words=tuple(ref.trigger_words), file_name=ref.file_name or "")
+            ref.weight, ref.lora_name = float(weight), lora_name(adapter)
             chosen.append(ref)
-        triggers: list[str] = []
-        for ref in chosen:
-            for word in ref.trigger_words[:3]:
-                word = word.replace("<", "").replace(">", "").strip(" ,")
-                if word and word.lower() not in prompt.lower() and word not in triggers:
-                    triggers.append(word)
-        final = ", ".join(p for p in [prompt.strip(), *triggers] if p)
-        tags = " ".join(f"<lora:{r.lora_name}:{r.weight:g}>" for r in chosen)
-        return Composition(adapters=[], prompt=final, a1111=" ".join(p for p in (final, tags) if p)), chosen
+            given.append(Chosen(adapter, ref.weight, ()))
+        composition = render(prompt, given)
+        return Composition(adapters=[], prompt=composition.prompt, a1111=composition.a1111), chosen
 
     # ---- files ------------------------------------------------------------------------------------------------------
 

@@ -74,6 +74,15 @@ def test_trigger_words_once_and_a1111_form():
     assert lora_name(Adapter("x y", "", "style")) == "lora_xy"
 
 
+def test_a1111_form_names_loras_by_file_and_escapes_literal_brackets():
+    nikke = Adapter("7", "Alice | NIKKE", "character", ("alice (nikke)", "pink bodysuit"), 0.8, score=1.0,
+                    description="alice", file_name="sub\\alice_nikke-v1.2.safetensors")
+    result = compose("portrait of Alice dancing", [nikke])
+    assert result.prompt == "portrait of Alice dancing, alice (nikke), pink bodysuit"
+    assert result.a1111 == r"portrait of Alice dancing, alice \(nikke\), pink bodysuit <lora:alice_nikke-v1.2:0.8>"
+    assert lora_name(Adapter("8", "x", "style", file_name="we:ird<name>.safetensors")) == "we ird name"
+
+
 def test_given_keywords_and_mapper():
     a = Adapter("a", "Thing one", "object", score=1.0, keywords=("Red Dress",))
     b = Adapter("b", "Thing two", "clothing", score=0.5)

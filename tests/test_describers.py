@@ -93,10 +93,27 @@ def test_kind_from_tags_name_and_card(overrides: dict, kind: str) -> None:
 def test_trigger_words_are_split_cleaned_and_deduplicated() -> None:
     words = ("ghibli style, GHIBLI STYLE ,watercolor", "", "  ", "(sks person:1.2)", "<lora:foo:0.8> bar",
              "x" * 200, "https://example.com/trigger", "one two three four five six seven eight nine ten",
-             "...", "\u200bzero\u200bwidth", 5, "a;b|c\nd")
+             "...", "\u200bzero\u200bwidth", 5, "a1;b2|c3\nd4", ":d", "x")
     assert clean_trigger_words(words) == ("ghibli style", "watercolor", "sks person", "bar", "zerowidth",
-                                          "a", "b", "c", "d")
+                                          "a1", "b2", "c3", "d4")
     assert len(clean_trigger_words([f"w{i}" for i in range(500)])) == 32
+
+
+@pytest.mark.parametrize(("trained", "expected"), [
+    # A1111 escapes literal brackets: the name keeps them, unescaped
+    (["alice \\(nikke\\)"], ("alice (nikke)",)),
+    (["makima \\(chainsaw man\\), red hair"], ("makima (chainsaw man)", "red hair")),
+    (["lyn \\(fire emblem: the blazing blade\\)"], ("lyn (fire emblem: the blazing blade)",)),
+    # emphasis around the whole word, and brackets a comma split left unpaired, are syntax, not name
+    (["((white leotard:1.2))", "[[sks]]", "((sexy, nude))"], ("white leotard", "sks", "sexy", "nude")),
+    (["alice (nikke)"], ("alice (nikke)",)),
+    # quality tokens are not triggers, unless they are all there is
+    (["masterpiece, best quality, 8k, hm2b"], ("hm2b",)),
+    (["film grain"], ("film grain",)),
+])
+def test_trigger_words_keep_names_and_drop_prompt_syntax(trained: list[str], expected: tuple[str, ...]) -> None:
+    assert clean_trigger_words(trained) == expected
+    assert clean_trigger_words(expected) == expected  # cleaning is idempotent
 
 
 @pytest.mark.parametrize(("model_type", "weights", "expected"), [
@@ -151,7 +168,7 @@ def test_card_text_description_reads_well() -> None:
         text="Soft watercolour scenery in the manner of Studio Ghibli films. "
              "Example images often show: green field, blue sky.",
         kind="style", trigger_words=("ghibli style",), recommended_weight=0.7,
-        describer="card-text", prompt_version="card-1",
+        describer="card-text", prompt_version="card-2",
     )
 
 
