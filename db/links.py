@@ -47,37 +47,50 @@ def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collecti
 def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> ResolveCounts:
     """Fill resolved_version_id for references not yet resolved: by version id, then hash, then file name.
 
-    File names are weak evidence, so they only resolve to models of the reference's role, and only when one
-    version matches or the image's own gallery version is among the matches.
+    A reference only resolves to a model whose type can play the role the image gave it: Civitai holds mislabelled
+    uploads (a "Checkpoint" whose file is the bad_prompt embedding, "LoRAs" whose files are merged checkpoints), and
+    letting an embedding's hash make such a model the image's checkpoint would link every LoRA of the image to it.
+    Gallery rows resolve to their own version whatever its type. A hash shared by several fitting versions resolves
+    to the oldest, as Civitai does. File names are weak evidence: they resolve only when one version matches or the
+    image's own gallery version is among the matches.
     """
+    roles = [(role, list(types)) for role, types in types_by_role.items()]
+    role_values = ", ".join(f"(:role{i}, CAST(:types{i} AS text[]))" for i in range(len(roles))) or \
+        "(NULL::text, NULL::text[])"
+    params: dict = {f"role{i}": role for i, (role, _) in enumerate(roles)}
+    params.update({f"types{i}": types for i, (_, types) in enumerate(roles)})
+    params["empty"] = EMPTY_FILE_HASH_PREFIX
+    role_types = f"role_types(role, types) AS (VALUES {role_values})"
     counts = ResolveCounts()
     counts.by_version_id = conn.execute(text(
-        """
+        f"""
+        WITH {role_types}
         UPDATE image_resources r
         SET resolved_version_id = r.ref_version_id,
             resolved_by = CASE WHEN 'gallery' = ANY(r.sources) THEN 'gallery' ELSE 'version_id' END
-        FROM model_versions v
+        FROM model_versions v JOIN models m ON m.id = v.model_id
         WHERE r.resolved_version_id IS NULL AND r.ref_version_id = v.id
+          AND ('gallery' = ANY(r.sources)
+               OR EXISTS (SELECT 1 FROM role_types rt WHERE rt.role = r.role AND m.type = ANY(rt.types)))
         """
-    )).rowcount
+    ), params).rowcount
     hash_union = " UNION ALL ".join(
         f"SELECT {column} AS hash, version_id FROM model_files WHERE {column} IS NOT NULL" for column in _HASH_COLUMNS
     )
-    counts.by_hash = conn.execute(text(
-        f"""
-        UPDATE image_resources r SET resolved_version_id = h.version_id, resolved_by = 'hash'
-        FROM (SELECT hash, min(version_id) AS version_id FROM ({hash_union}) all_hashes GROUP BY hash) h
-        WHERE r.resolved_version_id IS NULL AND r.role <> 'vae' AND upper(r.hash) = h.hash
-          AND NOT starts_with(h.hash, :empty)
-        """
-    ), {"empty": EMPTY_FILE_HASH_PREFIX}).rowcount
-    roles = [(role, list(types)) for role, types in types_by_role.items()]
-    role_values = ", ".join(f"(:role{i}, CAST(:types{i} AS text[]))" for i in range(len(roles)))
-    params: dict = {f"role{i}": role for i, (role, _) in enumerate(roles)}
-    params.update({f"types{i}": types for i, (_, types) in enumerate(roles)})
-    counts.by_file_name = conn.execute(text(
-        f"""
-        WITH role_types(role, types) AS (VALUES {role_values}),
+    counts.by_hash = _resolve_candidates(conn, "hash", f"""
+        WITH {role_types},
+        candidates AS (
+            SELECT r.image_id, r.version_id AS gallery_version_id, r.position, min(h.version_id) AS version_id
+            FROM image_resources r
+            JOIN role_types rt ON rt.role = r.role
+            JOIN ({hash_union}) h ON h.hash = upper(r.hash) AND NOT starts_with(h.hash, :empty)
+            JOIN model_versions v ON v.id = h.version_id
+            JOIN models m ON m.id = v.model_id AND m.type = ANY(rt.types)
+            WHERE r.resolved_version_id IS NULL AND r.hash IS NOT NULL
+            GROUP BY r.image_id, r.version_id, r.position
+        )""", params)
+    counts.by_file_name = _resolve_candidates(conn, "file_name", f"""
+        WITH {role_types},
         candidates AS (
             SELECT r.image_id, r.version_id AS gallery_version_id, r.position,
                    CASE WHEN count(DISTINCT f.version_id) = 1 THEN min(f.version_id)
@@ -90,17 +103,24 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
             JOIN models m ON m.id = v.model_id AND m.type = ANY(rt.types)
             WHERE r.resolved_version_id IS NULL AND r.name IS NOT NULL
             GROUP BY r.image_id, r.version_id, r.position
-        )
-        UPDATE image_resources r SET resolved_version_id = c.version_id, resolved_by = 'file_name'
-        FROM candidates c
-        WHERE c.version_id IS NOT NULL AND r.image_id = c.image_id AND r.version_id = c.gallery_version_id
-          AND r.position = c.position
-        """
-    ), params).rowcount if roles else 0
+        )""", params)
     counts.unresolved = conn.execute(
         text("SELECT count(*) FROM image_resources WHERE resolved_version_id IS NULL")
     ).scalar_one()
     return counts
+
+
+def _resolve_candidates(conn: Connection, resolved_by: str, candidates_sql: str, params: dict) -> int:
+    """Resolve each reference in `candidates` (image_id, gallery_version_id, position -> version_id, NULL for an
+    ambiguous one) and say how."""
+    return conn.execute(text(
+        f"""{candidates_sql}
+        UPDATE image_resources r SET resolved_version_id = c.version_id, resolved_by = :resolved_by
+        FROM candidates c
+        WHERE c.version_id IS NOT NULL AND r.image_id = c.image_id AND r.version_id = c.gallery_version_id
+          AND r.position = c.position
+        """
+    ), {**params, "resolved_by": resolved_by}).rowcount
 
 
 @dataclass

@@ -513,3 +513,36 @@ def test_file_that_is_not_gzip_but_says_so_raises_dump_error(engine: Engine, tmp
     fake.write_bytes(_lines("civitai_2023.jsonl"))
     with pytest.raises(DumpError):
         ingest_dump(engine, fake)
+
+
+def _model(model_id: int, model_type: str, version_id: int, autov2: str, images: list[dict] = ()) -> dict:
+    return {"id": model_id, "name": f"model {model_id}", "type": model_type, "nsfw": False, "tags": [],
+            "modelVersions": [{"id": version_id, "name": "v1", "baseModel": "SD 1.5", "trainedWords": [],
+                               "files": [{"id": version_id + 1000, "name": f"m{model_id}.safetensors",
+                                          "type": "Model", "primary": True, "hashes": {"AutoV2": autov2}}],
+                               "images": list(images)}]}
+
+
+def test_references_resolve_only_to_models_that_can_play_their_role(engine: Engine, tmp_path: Path):
+    """Mislabelled uploads (a "Checkpoint" whose file is an embedding, a "LORA" whose file is a checkpoint) must not
+    become an image's checkpoint or adapter through a hash the image gave another role."""
+    truncate_all(engine)
+    meta = {"prompt": "a castle", "hashes": {"model": "AAAAAAAAAA", "embed:bad_prompt": "BBBBBBBBBB",
+                                             "lora:castle": "CCCCCCCCCC"}}
+    lora_as_checkpoint = {"prompt": "a tower", "Model hash": "DDDDDDDDDD"}
+    items = [
+        _model(1, "Checkpoint", 11, "AAAAAAAAAA"),
+        _model(2, "Checkpoint", 12, "BBBBBBBBBB"),  # its file is the bad_prompt embedding
+        _model(3, "LORA", 13, "CCCCCCCCCC", [{"id": 31, "url": "https://i.invalid/31.png", "meta": meta},
+                                              {"id": 32, "url": "https://i.invalid/32.png", "meta": lora_as_checkpoint}]),
+        _model(4, "LORA", 14, "DDDDDDDDDD"),  # its file is a merged checkpoint
+        _model(5, "TextualInversion", 15, "EEEEEEEEEE"),
+    ]
+    dump = tmp_path / "mislabelled.jsonl"
+    dump.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
+    _build(engine, dump)
+    with engine.connect() as conn:
+        resolved = dict(conn.execute(text(
+            "SELECT role || ':' || image_id, resolved_version_id FROM image_resources WHERE position > 0")).all())
+    assert resolved == {"checkpoint:31": 11, "embedding:31": None, "lora:31": 13, "checkpoint:32": None}
+    assert set(_links(engine)) == {(13, 11)}
