@@ -476,26 +476,28 @@ class Pools:
     def __init__(self, zero, query: Query) -> None:
         self.zero, self.query = zero, query
         self.vector = zero.query_vector(query.query)
-        hits = zero.checkpoints(self.vector, zero.candidate_pool)
+        hits = zero.checkpoints(self.vector, zero.candidate_pool + zero.popular_candidates)  # the whole pool
         self.checkpoint_ids = np.array([h.version_id for h in hits], dtype=np.int64)
         self.checkpoint_similarity = np.array([h.similarity for h in hits])
         self.checkpoint_popularity = np.array([popularity(h.downloads) for h in hits])
         self.checkpoint_family = [h.base_model_family for h in hits]
-        self._adapters: dict[str | None, tuple] = {}
+        self._adapters: dict[tuple[int, str | None], tuple] = {}
 
-    def adapters(self, family: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, similarity, popularity) of the level-2 pool a checkpoint of this family gets."""
-        if family not in self._adapters:
+    def adapters(self, checkpoint: int, family: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, similarity, popularity) of the level-2 pool this chosen checkpoint gets (its family's walk, the
+        family's popular adapters and the adapters most used with it)."""
+        key = (checkpoint, family)
+        if key not in self._adapters:
             zero = self.zero
-            checkpoint = checkpoint_hit(-1, family) if family is not None else None
-            sql, params = zero.adapter_query(self.vector, checkpoint, TOP)
-            params["k"] = params["pool"]  # every pool row, not the top k
+            chosen = checkpoint_hit(checkpoint, family) if family is not None else None
+            sql, params = zero.adapter_query(self.vector, chosen, TOP)
+            params["k"] = params["pool"] + zero.popular_candidates + zero.co_used_candidates  # every pool row
             with zero._session() as conn:
                 rows = zero._run(conn, sql, params, max(zero.ef_search, params["pool"]))
-            self._adapters[family] = (np.array([r["version_id"] for r in rows], dtype=np.int64),
-                                      np.array([float(r["similarity"]) for r in rows]),
-                                      np.array([popularity(int(r["downloads"])) for r in rows]))
-        return self._adapters[family]
+            self._adapters[key] = (np.array([r["version_id"] for r in rows], dtype=np.int64),
+                                   np.array([float(r["similarity"]) for r in rows]),
+                                   np.array([popularity(int(r["downloads"])) for r in rows]))
+        return self._adapters[key]
 
 
 def fetch_pools(retriever, queries: list[Query]) -> list[Pools]:
@@ -524,7 +526,7 @@ def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float) ->
         chosen, family = int(pools.checkpoint_ids[top]), pools.checkpoint_family[top]
     else:
         chosen, family = -1, None
-    ids, similarity, popularity_ = pools.adapters(family)
+    ids, similarity, popularity_ = pools.adapters(chosen, family)
     co = links.get(chosen, {})
     co_feature = np.array([co.get(int(v), 0.0) for v in ids])
     return checkpoints, (ids, similarity, popularity_, co_feature)
@@ -554,9 +556,9 @@ def rescore(pools: Pools, links: dict, checkpoint_popularity: float, adapter_pop
 
 
 GRID = {
-    "checkpoint_popularity": (0.0, 0.1, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 4.0),
-    "adapter_popularity": (0.0, 0.04, 0.08, 0.15, 0.3, 0.5, 1.0, 2.0, 4.0),
-    "co_usage": (0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0),
+    "checkpoint_popularity": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "adapter_popularity": (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "co_usage": (0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0),
 }
 
 
@@ -615,7 +617,7 @@ class Exhaustive:
         for role, items in rows.items():
             ids = np.array([v for v, _ in items], dtype=np.int64)
             self.levels[role] = (ids, np.stack([e for _, e in items]),
-                                 np.array([popularity(served[v].model_download_count) for v in ids]),
+                                 np.array([popularity(served[v].version_download_count) for v in ids]),
                                  np.array([served[v].base_model_family for v in ids], dtype=object))
         self._co: dict[int, np.ndarray] = {}
 

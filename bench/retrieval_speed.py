@@ -8,8 +8,8 @@ scores recall@10 of each level against exact search over the same vectors with t
 family of the checkpoint that method chose). Weights are pure similarity, so recall against exact search is
 meaningful. Peers on the same vectors and queries, in this process: exact numpy search (matrix product +
 argpartition, one matrix per restriction) and FAISS HNSW (one index per restriction, efSearch = pgvector's
-ef_search). A "postgres floor" row times the same round trips with no search in them (BEGIN, SET LOCAL, a statement
-carrying the vector literal, COMMIT, twice). Methods are interleaved query by query (rotating order) and run single-
+ef_search). A "postgres floor" row times the same round trips with no search in them (one autocommit statement
+carrying the vector literal per level). Methods are interleaved query by query (rotating order) and run single-
 threaded, so load from other processes hits them alike. Prints one table per scale; ends with one JSON line
 (headline: paper scale at the Retriever's default ef_search).
 
@@ -23,6 +23,7 @@ import contextlib
 import gc
 import inspect
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TOP_K = 10
 SCALES = ("real", "paper")
@@ -175,14 +178,14 @@ def pg_method(retriever, name: str) -> Method:
 
 
 def pg_floor(engine, exact: Exact) -> Method:
-    """Two round trips shaped like the Retriever's with no search in them: per level BEGIN, SET LOCAL
-    hnsw.ef_search, one statement carrying the query vector as a literal (formatted as the Retriever does), COMMIT."""
+    """Round trips shaped like the Retriever's with no search in them: per level, one autocommit statement carrying
+    the query vector as a literal (formatted as the Retriever does) on a pooled connection."""
     from sqlalchemy import text
 
     def level(q: np.ndarray) -> None:
         literal = "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]"
-        with engine.begin() as conn:
-            conn.execute(text("SET LOCAL hnsw.ef_search = 200"))
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(text("SELECT length(CAST(:q AS text))"), {"q": literal}).all()
 
     def level1(q: np.ndarray) -> list[int]:

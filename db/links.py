@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, text
 from db.derived import catalog_stamp, set_stamp, stamp_of
 
 _HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
+# Bump when the resolution rules change: a catalogue resolved under other rules is then resolved again from scratch.
+RESOLUTION_RULES = "rules-2"
 EMPTY_FILE_HASH_PREFIX = "E3B0C44298FC"  # sha256 of an empty file: Civitai ignores it, so do we
 
 
@@ -30,13 +32,18 @@ def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collecti
                             force: bool = False) -> ResolveCounts | None:
     """Resolve in one transaction, then refresh the planner's statistics for the aggregation that follows.
 
-    Returns None (and does nothing) when the catalogue has not changed since the last resolution.
+    Returns None (and does nothing) when neither the catalogue nor the rules changed since the last resolution;
+    `force`, or new rules, resolve every reference again.
     """
     with engine.begin() as conn:
-        stamp = catalog_stamp(conn)
-        if not force and stamp_of(conn, "image_resources") == stamp:
+        stamp = f"{catalog_stamp(conn)}|{RESOLUTION_RULES}"
+        previous = stamp_of(conn, "image_resources")
+        if not force and previous == stamp:
             return None
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
+        if force or previous is None or not previous.endswith(f"|{RESOLUTION_RULES}"):
+            conn.execute(text("UPDATE image_resources SET resolved_version_id = NULL, resolved_by = NULL "
+                              "WHERE resolved_version_id IS NOT NULL"))
         counts = _resolve(conn, types_by_role)
         set_stamp(conn, "image_resources", stamp)
     with engine.connect() as conn:

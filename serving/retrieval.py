@@ -1,9 +1,11 @@
 """Two-level retrieval: the best checkpoints for a query, then adapters compatible with the chosen one.
 
-Each level is one SQL round trip that walks the space's partial HNSW index (inner product on [text || image]) for a
-candidate pool, then re-scores the pool with usage evidence: semantic similarity alone finds few right answers on
-real data, popularity is the strongest single signal for checkpoints, and co-usage with the chosen checkpoint helps
-adapters as a boost (a hard filter on it throws most right answers away); the only hard filter is base-model family.
+Each level is one SQL round trip. Its candidate pool is the space's partial HNSW index (inner product on
+[text || image]) walked by similarity, plus the most downloaded versions and, for adapters, those most used with the
+chosen checkpoint; the pool is then scored by similarity and usage evidence. Semantic similarity alone finds few
+right answers on real data (bench/retrieval_quality.py), the version's downloads are the strongest single signal,
+and co-usage with the chosen checkpoint helps adapters as a boost (a hard filter on it throws most right answers
+away); the only hard filter is base-model family.
 """
 
 from __future__ import annotations
@@ -81,13 +83,14 @@ _DESCRIPTION = """
     WHERE dd.version_id = r.version_id
       AND (dd.describer, dd.prompt_version) IN ((:describer, :prompt_version), (:fallback, :fallback_version))
     ORDER BY dd.describer = :describer DESC LIMIT 1"""
-_POPULARITY = "least(1.0, ln(1 + m.download_count) / ln(1000000.0))"
+# The version's own downloads: a popular model's old versions are not what people use now.
+_POPULARITY = "least(1.0, ln(1 + v.download_count) / ln(1000000.0))"
 # Candidates are scored on the plain tables first; only the top few are joined to the served view and descriptions.
 _RESULT = f"""
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
            s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images,
-           s.model_download_count AS downloads, d.trigger_words, s.trained_words,
+           s.version_download_count AS downloads, d.trigger_words, s.trained_words,
            d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description
     FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
     LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
@@ -99,7 +102,8 @@ RANK_MARGIN = 20  # scored rows beyond k, in case a vector outlived its version'
 class Retriever:
     def __init__(self, engine: Engine, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None, *,
                  describer: str = "card-text", prompt_version: str = "", ef_search: int = 100,
-                 candidate_pool: int = 100, family_candidates: int = 40, weights: Weights = Weights()) -> None:
+                 candidate_pool: int = 100, family_candidates: int = 40, popular_candidates: int = 50,
+                 co_used_candidates: int = 50, weights: Weights = Weights()) -> None:
         self.engine = engine
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.space = space_name(text_encoder, image_encoder)
@@ -109,8 +113,10 @@ class Retriever:
         self.candidate_pool = min(int(candidate_pool), HNSW_MAX_EF_SEARCH)
         self.ef_search = min(max(int(ef_search), self.candidate_pool), HNSW_MAX_EF_SEARCH)
         self.family_candidates = int(family_candidates)
+        self.popular_candidates, self.co_used_candidates = int(popular_candidates), int(co_used_candidates)
         self.weights = weights
         self._family_counts: dict[str, int] | None = None
+        self._popular: dict[tuple[str, str | None], list[int]] = {}
 
     def query_vector(self, query: str | None, image=None) -> np.ndarray:
         """[w_text * q_text || w_image * q_image], so its inner product with a stored [t || i] is
@@ -135,25 +141,51 @@ class Retriever:
                     "WHERE e.space = :space AND e.role = 'adapter' GROUP BY 1"), {"space": self.space}).all())
         return self._family_counts
 
-    def _pool_sql(self, role: str, exact_family: bool = False) -> str:
-        """The candidate pool: the partial HNSW index of (space, role) walked for `pool` rows, or, for a family too
+    def popular(self, role: str, family: str | None = None) -> list[int]:
+        """The most downloaded versions of a role (and family) in this space (cached per retriever): candidates
+        whatever their similarity, because usage is the strongest evidence on real data and an index walk by
+        similarity alone rarely reaches them."""
+        key = (role, family)
+        if key not in self._popular:
+            with self.engine.connect() as conn:
+                self._popular[key] = list(conn.execute(text(
+                    "SELECT e.version_id FROM embeddings e JOIN model_versions v ON v.id = e.version_id "
+                    "WHERE e.space = :space AND e.role = :role AND (CAST(:family AS text) IS NULL "
+                    "OR v.base_model_family = :family) ORDER BY v.download_count DESC, e.version_id LIMIT :n"),
+                    {"space": self.space, "role": role, "family": family, "n": self.popular_candidates}).scalars())
+        return self._popular[key]
+
+    def _pool_sql(self, role: str, exact_family: bool = False, co_used: bool = False) -> str:
+        """The candidate pool `c`: the partial HNSW index of (space, role) walked for `pool` rows, or, for a family too
         small to surface through a post-filtered index walk, an exact scan of that family ('+ 0' keeps the
-        planner off the index). MATERIALIZED keeps the walk from being re-run inside a nested loop."""
+        planner off the index); then the `:popular` versions and, for adapters, those most used with the chosen
+        checkpoint, looked up by key. MATERIALIZED keeps the walk from being re-run inside a nested loop."""
         space = self.space.replace("'", "''")
         distance = f"e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension}))"
         if exact_family:
-            return f"""
-            WITH c AS MATERIALIZED (
+            walk = f"""
                 SELECT e.version_id, -({distance}) AS similarity
                 FROM embeddings e JOIN model_versions fv ON fv.id = e.version_id
                 WHERE e.space = '{space}' AND e.role = '{role}' AND fv.base_model_family = :family
-                ORDER BY ({distance}) + 0 LIMIT :pool
-            )"""
-        return f"""
-            WITH c AS MATERIALIZED (
+                ORDER BY ({distance}) + 0 LIMIT :pool"""
+        else:
+            walk = f"""
                 SELECT e.version_id, -({distance}) AS similarity
                 FROM embeddings e WHERE e.space = '{space}' AND e.role = '{role}'
-                ORDER BY {distance} LIMIT :pool
+                ORDER BY {distance} LIMIT :pool"""
+        lookup = f"""
+                SELECT e.version_id, -({distance}) AS similarity FROM embeddings e
+                WHERE e.space = '{space}' AND e.role = '{role}' AND e.version_id"""
+        co_used_sql = f"""
+                UNION{lookup} IN (SELECT l.adapter_version_id FROM adapter_checkpoint_links l
+                    WHERE l.checkpoint_version_id = :checkpoint
+                    ORDER BY l.image_count DESC, l.adapter_version_id LIMIT :co_used)""" if co_used else ""
+        return f"""
+            WITH walk AS MATERIALIZED ({walk}
+            ),
+            c AS (
+                SELECT * FROM walk
+                UNION{lookup} = ANY(CAST(:popular AS bigint[])){co_used_sql}
             )"""
 
     @staticmethod
@@ -173,8 +205,9 @@ class Retriever:
             params["min_downloads"] = filters.min_downloads
         return "".join(f" AND {clause}" for clause in clauses), params
 
-    def _run(self, conn: Connection, sql: str, params: dict, ef_search: int) -> list[dict]:
-        conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+    @staticmethod
+    def _run(conn: Connection, sql: str, params: dict, ef_search: int) -> list[dict]:
+        _set_session(conn, "hnsw.ef_search", str(int(ef_search)))
         return [dict(row) for row in conn.execute(text(sql), params).mappings()]
 
     def checkpoint_query(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> tuple[str, dict]:
@@ -187,7 +220,7 @@ class Retriever:
                 WHERE true {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
             )""" + _RESULT
         return sql, {**params, **self._common(q, top_k, self.candidate_pool),
-                     "pop": self.weights.checkpoint_popularity}
+                     "pop": self.weights.checkpoint_popularity, "popular": self.popular("checkpoint")}
 
     def adapter_plan(self, checkpoint: Hit | None, top_k: int) -> tuple[int, bool]:
         """(pool size, exact?) for level 2: enough candidates that about `family_candidates` (at least 2k) of the
@@ -212,7 +245,7 @@ class Retriever:
         if checkpoint is not None:
             where += " AND v.base_model_family = :family"
             params["family"] = checkpoint.base_model_family
-        sql = self._pool_sql("adapter", exact) + f""",
+        sql = self._pool_sql("adapter", exact, co_used=checkpoint is not None) + f""",
             ranked AS (
                 SELECT c.version_id, c.similarity, coalesce(l.image_count, 0) AS co_usage_images,
                        c.similarity + :pop * {_POPULARITY}
@@ -223,7 +256,9 @@ class Retriever:
                 WHERE m.type <> 'Checkpoint' {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
             )""" + _RESULT
         return sql, {**params, **self._common(q, top_k, pool), "pop": self.weights.adapter_popularity,
-                     "co": self.weights.co_usage, "checkpoint": checkpoint.version_id if checkpoint else -1}
+                     "co": self.weights.co_usage, "checkpoint": checkpoint.version_id if checkpoint else -1,
+                     "co_used": self.co_used_candidates,
+                     "popular": self.popular("adapter", checkpoint.base_model_family if checkpoint else None)}
 
     def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
         with self._session() as conn:
@@ -235,9 +270,12 @@ class Retriever:
 
     @contextmanager
     def _session(self) -> Iterator[Connection]:
-        """One transaction per search; custom plans, so the query vector is planned as a constant."""
-        with self.engine.begin() as conn:
-            conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        """A pooled connection in autocommit, so each level is one round trip (no BEGIN/COMMIT: two read-only
+        queries need no shared snapshot); custom plans, so a statement psycopg prepared still plans the query
+        vector as a constant and walks the index."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            _set_session(conn, "plan_cache_mode", "force_custom_plan")
             yield conn
 
     def _checkpoints(self, conn: Connection, q: np.ndarray, top_k: int, filters: Filters) -> list[Hit]:
@@ -283,3 +321,11 @@ class Retriever:
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
                    why="; ".join(why), file_name=row["file_name"], description=row["description"])
 
+
+def _set_session(conn: Connection, name: str, value: str) -> None:
+    """SET a session setting, remembered on the pooled DBAPI connection so that a search pays the round trip only
+    when the value changes (the pool keeps session settings across checkouts)."""
+    known = conn.connection.info.setdefault("zoo_settings", {})
+    if known.get(name) != value:
+        conn.execute(text("SELECT set_config(:name, :value, false)"), {"name": name, "value": value})
+        known[name] = value

@@ -546,3 +546,19 @@ def test_references_resolve_only_to_models_that_can_play_their_role(engine: Engi
             "SELECT role || ':' || image_id, resolved_version_id FROM image_resources WHERE position > 0")).all())
     assert resolved == {"checkpoint:31": 11, "embedding:31": None, "lora:31": 13, "checkpoint:32": None}
     assert set(_links(engine)) == {(13, 11)}
+
+
+def test_a_catalogue_resolved_under_older_rules_is_resolved_again(built: Engine):
+    with built.begin() as conn:
+        expected = dict(conn.execute(text(
+            "SELECT (image_id, version_id, position)::text, resolved_version_id FROM image_resources")).all())
+        conn.execute(text("UPDATE image_resources SET resolved_version_id = 200101, resolved_by = 'hash' "
+                          "WHERE role = 'lora' AND position > 0"))
+        conn.execute(text("UPDATE derived_stamps SET stamp = split_part(stamp, '|', 1) || '|rules-1' "
+                          "WHERE name = 'image_resources'"))
+    assert resolve_image_resources(built, types_by_role()) is not None
+    assert resolve_image_resources(built, types_by_role()) is None  # the new rules' stamp is kept
+    with built.connect() as conn:
+        again = dict(conn.execute(text(
+            "SELECT (image_id, version_id, position)::text, resolved_version_id FROM image_resources")).all())
+    assert again == expected
