@@ -283,6 +283,8 @@ class Embedding(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     space: Mapped[str] = mapped_column(Text, primary_key=True, comment="encoder(s) and dimensions, e.g. minilm-l6-v2|384+0")
     role: Mapped[str] = mapped_column(Text, nullable=False, comment="checkpoint or adapter: each has its own index")
+    base_model_family: Mapped[str] = mapped_column(Text, nullable=False, server_default="unknown",
+                                                   comment="the version's base-model family (per-family HNSW indexes)")
     emb: Mapped[list[float]] = mapped_column(Vector(), nullable=False)
     text_dim: Mapped[int] = mapped_column(Integer, nullable=False)
     image_dim: Mapped[int] = mapped_column(Integer, nullable=False)

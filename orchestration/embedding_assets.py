@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, AutomationCondition, MaterializeResul
 from sqlalchemy import text
 
 from config import Settings
-from db.vectors import delete_unserved, ensure_hnsw_indexes
+from db.vectors import delete_unserved, ensure_hnsw_indexes, sync_families
 from embedding.refresh import describe_pending, embed_pending, space_name
 from orchestration.assets import adapter_checkpoint_links
 from orchestration.models import ModelsResource
@@ -53,6 +53,7 @@ def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
     with engine.begin() as conn:
         removed_vectors = delete_unserved(conn, "embeddings")
         removed_descriptions = delete_unserved(conn, "descriptions")
+        moved_family = sync_families(conn)
     dimension = text_encoder.text_dim + (image_encoder.image_dim if image_encoder else 0)
     created = ensure_hnsw_indexes(engine, space, dimension)
     with engine.connect() as conn:
@@ -60,6 +61,7 @@ def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
     return MaterializeResult(metadata={
         "space": space, "dimension": dimension, "vectors": vectors, "indexes_created": created,
         "removed_vectors": removed_vectors, "removed_descriptions": removed_descriptions,
+        "vectors_moved_family": moved_family,
         "seconds": round(time.perf_counter() - started, 3)})
 
 

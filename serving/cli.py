@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--base-models", nargs="+", help="only these base models, e.g. 'SD 1.5'")
     search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
     search.add_argument("--commercial-use", help="the licence must allow this use: Image, Rent, RentCivit or Sell")
-    search.add_argument("--min-downloads", type=int, default=0)
+    search.add_argument("--min-downloads", type=int, default=0, help="only versions downloaded at least N times")
     search.add_argument("--rerank", action="store_true",
                         help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")
     search.add_argument("--json", action="store_true")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
+from db.vectors import hnsw_index_name, sql_literal
 from embedding.describe_card import clean_trigger_words
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
@@ -96,6 +97,7 @@ _RESULT = f"""
     LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
     ORDER BY r.score DESC, r.version_id LIMIT :k"""
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's ceiling; an index scan returns at most ef_search rows
+WALK, FAMILY_INDEX, EXACT = "walk", "family index", "exact"  # how a level finds its rows by similarity
 RANK_MARGIN = 20  # scored rows beyond k, in case a vector outlived its version's serving (until the next index run)
 
 
@@ -116,6 +118,7 @@ class Retriever:
         self.popular_candidates, self.co_used_candidates = int(popular_candidates), int(co_used_candidates)
         self.weights = weights
         self._family_counts: dict[str, int] | None = None
+        self._family_indexes: set[str] = set()
         self._popular: dict[tuple[str, str | None], list[int]] = {}
 
     def query_vector(self, query: str | None, image=None) -> np.ndarray:
@@ -133,12 +136,17 @@ class Retriever:
         return vector
 
     def family_counts(self) -> dict[str, int]:
-        """Adapter vectors per base-model family in this space (cached; sizes level 2's candidate pool)."""
+        """Adapter vectors per base-model family in this space, and which families have an index of their own
+        (cached per retriever; they choose level 2's plan)."""
         if self._family_counts is None:
             with self.engine.connect() as conn:
                 self._family_counts = dict(conn.execute(text(
-                    "SELECT v.base_model_family, count(*) FROM embeddings e JOIN model_versions v ON v.id = e.version_id "
-                    "WHERE e.space = :space AND e.role = 'adapter' GROUP BY 1"), {"space": self.space}).all())
+                    "SELECT base_model_family, count(*) FROM embeddings WHERE space = :space AND role = 'adapter' "
+                    "GROUP BY 1"), {"space": self.space}).all())
+                indexes = set(conn.execute(text(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")).scalars())
+                self._family_indexes = {family for family in self._family_counts
+                                        if hnsw_index_name(self.space, "adapter", family) in indexes}
         return self._family_counts
 
     def popular(self, role: str, family: str | None = None) -> list[int]:
@@ -155,27 +163,26 @@ class Retriever:
                     {"space": self.space, "role": role, "family": family, "n": self.popular_candidates}).scalars())
         return self._popular[key]
 
-    def _pool_sql(self, role: str, exact_family: bool = False, co_used: bool = False) -> str:
-        """The candidate pool `c`: the partial HNSW index of (space, role) walked for `pool` rows, or, for a family too
-        small to surface through a post-filtered index walk, an exact scan of that family ('+ 0' keeps the
-        planner off the index); then the `:popular` versions and, for adapters, those most used with the chosen
-        checkpoint, looked up by key. MATERIALIZED keeps the walk from being re-run inside a nested loop."""
-        space = self.space.replace("'", "''")
+    def _pool_sql(self, role: str, plan: str = WALK, family: str | None = None, co_used: bool = False) -> str:
+        """The candidate pool `c`: `pool` rows by similarity, then the `:popular` versions and, for adapters, those
+        most used with the chosen checkpoint, looked up by key. The similarity rows come from the partial HNSW index
+        of (space, role) (WALK, post-filtered later), of the family's own adapters (FAMILY_INDEX), or from an exact
+        scan of a family too small to have an index (EXACT; '+ 0' keeps the planner off the index). MATERIALIZED
+        keeps the walk from being re-run inside a nested loop."""
+        space = sql_literal(self.space)
         distance = f"e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension}))"
-        if exact_family:
-            walk = f"""
-                SELECT e.version_id, -({distance}) AS similarity
-                FROM embeddings e JOIN model_versions fv ON fv.id = e.version_id
-                WHERE e.space = '{space}' AND e.role = '{role}' AND fv.base_model_family = :family
-                ORDER BY ({distance}) + 0 LIMIT :pool"""
-        else:
-            walk = f"""
-                SELECT e.version_id, -({distance}) AS similarity
-                FROM embeddings e WHERE e.space = '{space}' AND e.role = '{role}'
-                ORDER BY {distance} LIMIT :pool"""
+        where = f"e.space = {space} AND e.role = {sql_literal(role)}"
+        if plan == FAMILY_INDEX:
+            where += f" AND e.base_model_family = {sql_literal(family)}"  # a constant: the index's predicate
+        elif plan == EXACT:
+            where += " AND e.base_model_family = :family"
+        order = f"({distance}) + 0" if plan == EXACT else distance
+        walk = f"""
+                SELECT e.version_id, -({distance}) AS similarity FROM embeddings e
+                WHERE {where} ORDER BY {order} LIMIT :pool"""
         lookup = f"""
                 SELECT e.version_id, -({distance}) AS similarity FROM embeddings e
-                WHERE e.space = '{space}' AND e.role = '{role}' AND e.version_id"""
+                WHERE e.space = {space} AND e.role = {sql_literal(role)} AND e.version_id"""
         co_used_sql = f"""
                 UNION{lookup} IN (SELECT l.adapter_version_id FROM adapter_checkpoint_links l
                     WHERE l.checkpoint_version_id = :checkpoint
@@ -201,7 +208,7 @@ class Retriever:
             clauses.append(":commercial = ANY(m.allow_commercial_use)")
             params["commercial"] = filters.commercial_use
         if filters.min_downloads:
-            clauses.append("m.download_count >= :min_downloads")
+            clauses.append("v.download_count >= :min_downloads")
             params["min_downloads"] = filters.min_downloads
         return "".join(f" AND {clause}" for clause in clauses), params
 
@@ -222,30 +229,35 @@ class Retriever:
         return sql, {**params, **self._common(q, top_k, self.candidate_pool),
                      "pop": self.weights.checkpoint_popularity, "popular": self.popular("checkpoint")}
 
-    def adapter_plan(self, checkpoint: Hit | None, top_k: int) -> tuple[int, bool]:
-        """(pool size, exact?) for level 2: enough candidates that about `family_candidates` (at least 2k) of the
-        chosen family survive the post-filter; a family too rare for that is scanned exactly (it is small)."""
+    def adapter_plan(self, checkpoint: Hit | None, top_k: int) -> tuple[int, str]:
+        """(pool size, plan) for level 2. A family with an index of its own walks it for `family_candidates` (at
+        least 2k) rows; else the shared index is walked for enough rows that about that many of the family survive
+        the post-filter, or, for a family too rare for that, the family is scanned exactly (it is small)."""
         if checkpoint is None:
-            return self.candidate_pool, False
+            return self.candidate_pool, WALK
         counts = self.family_counts()
-        total, in_family = sum(counts.values()), counts.get(checkpoint.base_model_family, 0)
+        family = checkpoint.base_model_family
         wanted = max(self.family_candidates, 2 * top_k)
+        if family in self._family_indexes:
+            return wanted, FAMILY_INDEX
+        total, in_family = sum(counts.values()), counts.get(family, 0)
         if in_family == 0 or total == 0:
-            return wanted, True
+            return wanted, EXACT
         pool = int(np.ceil(wanted * total / in_family))
         if pool > HNSW_MAX_EF_SEARCH:
-            return wanted, True
-        return max(pool, self.candidate_pool), False
+            return wanted, EXACT
+        return max(pool, self.candidate_pool), WALK
 
     def adapter_query(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10,
                       filters: Filters = Filters()) -> tuple[str, dict]:
         """Level 2 as (SQL, parameters): adapters of the checkpoint's family, boosted by co-usage with it."""
         where, params = self._filter_sql(filters)
-        pool, exact = self.adapter_plan(checkpoint, top_k)
+        pool, plan = self.adapter_plan(checkpoint, top_k)
+        family = checkpoint.base_model_family if checkpoint is not None else None
         if checkpoint is not None:
             where += " AND v.base_model_family = :family"
-            params["family"] = checkpoint.base_model_family
-        sql = self._pool_sql("adapter", exact, co_used=checkpoint is not None) + f""",
+            params["family"] = family
+        sql = self._pool_sql("adapter", plan, family, co_used=checkpoint is not None) + f""",
             ranked AS (
                 SELECT c.version_id, c.similarity, coalesce(l.image_count, 0) AS co_usage_images,
                        c.similarity + :pop * {_POPULARITY}

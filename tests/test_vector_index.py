@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 
 from db.synthetic import SyntheticSpace, create_synthetic_zoo
-from db.vectors import ensure_hnsw_indexes, hnsw_index_name
-from serving.retrieval import Retriever, Weights
+from db.vectors import ensure_hnsw_indexes, hnsw_index_name, sync_families
+from serving.retrieval import EXACT, FAMILY_INDEX, WALK, Retriever, Weights
 
 SPACE = "synthetic-test|none|64+0"
 
@@ -18,7 +18,7 @@ SPACE = "synthetic-test|none|64+0"
 def synthetic(engine):
     space = SyntheticSpace("synthetic-test", 64)
     made = create_synthetic_zoo(engine, SPACE, checkpoints=3000, adapters=6000, dimension=64, clusters=16, seed=3)
-    ensure_hnsw_indexes(engine, SPACE, 64)
+    ensure_hnsw_indexes(engine, SPACE, 64, family_min_vectors=1000)  # ~2,000 adapters in each of 3 families
     retriever = Retriever(engine, space, weights=Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0),
                           candidate_pool=400)
     return made, retriever
@@ -35,15 +35,37 @@ def test_adapters_come_from_the_chosen_checkpoints_family(synthetic) -> None:
     assert len(set(exact) & {hit.version_id for hit in adapters}) >= 18  # HNSW is approximate
 
 
+def _plan(retriever: Retriever, sql: str, params: dict) -> str:
+    with retriever.engine.begin() as conn:
+        return "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
+
+
 def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
     made, retriever = synthetic
     q = made.centres[1]
     checkpoint = retriever.checkpoints(q, top_k=1)[0]
-    for role, (sql, params) in (("checkpoint", retriever.checkpoint_query(q, 5)),
-                                ("adapter", retriever.adapter_query(q, checkpoint, 10))):
-        with retriever.engine.begin() as conn:
-            plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
-        assert hnsw_index_name(SPACE, role) in plan, plan
+    assert retriever.adapter_plan(checkpoint, 10)[1] == FAMILY_INDEX
+    level1 = _plan(retriever, *retriever.checkpoint_query(q, 5))
+    assert hnsw_index_name(SPACE, "checkpoint") in level1, level1
+    level2 = _plan(retriever, *retriever.adapter_query(q, checkpoint, 10))
+    assert hnsw_index_name(SPACE, "adapter", checkpoint.base_model_family) in level2, level2
+
+
+def test_without_a_family_index_level_2_walks_the_shared_index(synthetic, engine) -> None:
+    made, retriever = synthetic
+    family = retriever.checkpoints(made.centres[1], top_k=1)[0].base_model_family
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {hnsw_index_name(SPACE, 'adapter', family)}"))
+    try:
+        fresh = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
+        checkpoint = fresh.checkpoints(made.centres[1], top_k=1)[0]
+        assert fresh.adapter_plan(checkpoint, 10)[1] == WALK
+        level2 = _plan(fresh, *fresh.adapter_query(made.centres[1], checkpoint, 10))
+        assert hnsw_index_name(SPACE, "adapter") in level2, level2
+        hits = fresh.adapters(made.centres[1], checkpoint, top_k=10)
+        assert len(hits) == 10 and {hit.base_model_family for hit in hits} == {family}
+    finally:
+        ensure_hnsw_indexes(engine, SPACE, 64, family_min_vectors=1000)
 
 
 def test_a_rare_family_is_searched_exactly_not_starved_by_the_post_filter(synthetic, engine) -> None:
@@ -54,13 +76,22 @@ def test_a_rare_family_is_searched_exactly_not_starved_by_the_post_filter(synthe
                      {"ids": [int(i) for i in rare]})
         conn.execute(text("UPDATE model_versions SET base_model_family = 'Rare' WHERE id = :id"),
                      {"id": int(made.checkpoint_ids[0])})
+        assert sync_families(conn) == 41  # the vectors follow their versions' family
     fresh = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
     q = made.adapter_vectors[0]
     checkpoint = next(hit for hit in fresh.checkpoints(made.checkpoint_vectors[0], top_k=1))
     assert checkpoint.base_model_family == "Rare"
-    assert fresh.adapter_plan(checkpoint, 10)[1] is True
+    assert fresh.adapter_plan(checkpoint, 10)[1] == EXACT
     hits = fresh.adapters(q, checkpoint, top_k=10)
     exact = rare[np.argsort(-(made.adapter_vectors[:40] @ q))[:10]]
     assert [hit.version_id for hit in hits] == [int(i) for i in exact]
     common = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
-    assert common.adapter_plan(retriever.checkpoints(made.centres[2], top_k=1)[0], 10)[1] is False
+    assert common.adapter_plan(retriever.checkpoints(made.centres[2], top_k=1)[0], 10)[1] == FAMILY_INDEX
+
+
+def test_index_names_fit_postgres_so_a_second_build_finds_them(engine) -> None:
+    """A long space name (the full preset's) must not be cut by Postgres, or every refresh would build again."""
+    space = "open-clip-vit-l-14-openai|open-clip-vit-l-14-openai|768+768"
+    created = ensure_hnsw_indexes(engine, space, 64)
+    assert created and all(len(name) <= 63 for name in created)
+    assert ensure_hnsw_indexes(engine, space, 64) == []
