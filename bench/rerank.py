@@ -2,8 +2,10 @@
 
 A prompt of P prefix tokens and N candidates of L branch tokens each; per N, the three are timed side by side in one
 process (a warm-up first, then repeats in rotating order, medians of this process's CPU time by default, since wall
-time on a shared machine measures the neighbours too), both tree layouts ("cache", "packed"). The
-exact work ceiling of any shared-prefix scheme over separate forwards is N(P+L)/(P+N*L). Prints one table and ends
+time on a shared machine measures the neighbours too), both tree layouts ("cache", "packed"), and tree_rerank with
+pruning rounds (every candidate read at a quarter of its tokens, the best quarter re-read in full: not exact against
+one full read, so the table also says how much of the full-budget top 5 it keeps). The exact work ceiling of any
+shared-prefix scheme over separate forwards is N(P+L)/(P+N*L). Prints one table and ends
 with one JSON line (the N=32 row as headline, all rows under "rows").
 
     python bench/rerank.py [--n 8 32 100] [--prefix-tokens 200] [--candidate-tokens 150] [--repeats 3] [--threads 1]
@@ -65,9 +67,10 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
 
 
 def bench_n(model, tok, n: int, args) -> dict:
-    from serving.rerank import score_independent, score_listwise, score_tree
+    from serving.rerank import score_independent, score_listwise, score_tree, tree_rerank
 
     prompt, candidates, budget, p, mean_l = build_inputs(tok, args.prefix_tokens, args.candidate_tokens, n)
+    rounds = pruned_rounds(budget)
     runs = {
         "independent": lambda: score_independent(model, tok, prompt, candidates, budget),
         "cache": lambda: score_tree(model, tok, prompt, candidates, budget, method="cache",
@@ -75,6 +78,8 @@ def bench_n(model, tok, n: int, args) -> dict:
         "packed": lambda: score_tree(model, tok, prompt, candidates, budget, method="packed",
                                      batch_size=args.pack_size),
         "listwise": lambda: score_listwise(model, tok, prompt, candidates, budget=budget),
+        "rounds": lambda: tree_rerank(model, tok, prompt, candidates, rounds, method=args.method,
+                                      batch_size=args.batch_size if args.method == "cache" else args.pack_size),
     }
     times: dict[str, dict[str, list[float]]] = {clock: {name: [] for name in runs} for clock in ("wall", "cpu")}
     results: dict[str, object] = {}
@@ -93,6 +98,9 @@ def bench_n(model, tok, n: int, args) -> dict:
     ceiling = n * (p + mean_l) / (p + n * mean_l)
     diffs = {m: max(abs(a - b) for a, b in zip(results[m], results["independent"], strict=True))
              for m in ("cache", "packed")}
+    full = results["independent"]
+    best = set(sorted(range(n), key=lambda i: -full[i])[:TOP])
+    pruned_top = {candidates.index(r.candidate) for r in results["rounds"][:TOP]}
     return {
         "n": n, "prefix_tokens": p, "candidate_tokens": round(mean_l, 1),
         "independent_s": round(median["independent"], 3), "listwise_s": round(median["listwise"], 3),
@@ -103,7 +111,19 @@ def bench_n(model, tok, n: int, args) -> dict:
         "max_abs_diff": float(f"{diffs[args.method]:.2g}"), "max_abs_diff_packed": float(f"{diffs['packed']:.2g}"),
         "listwise_runs": len(times["wall"]["listwise"]), "clock": args.clock,
         "speedup_wall": round(medians["wall"]["independent"] / medians["wall"][args.method], 3),
+        "rounds": [list(r) for r in rounds], "tree_rounds_s": round(median["rounds"], 3),
+        "rounds_speedup_vs_listwise": round(median["listwise"] / median["rounds"], 2),
+        "rounds_top_agreement": round(len(best & pruned_top) / len(best), 2),
     }
+
+
+TOP = 5  # how many of the full-budget top candidates the pruned rounds must keep at their top
+
+
+def pruned_rounds(budget: int) -> tuple[tuple[int, float], ...]:
+    """The product's way to spend the budget: every candidate read at a quarter of it, the best quarter re-read
+    in full (serving.rerank.tree_rerank); timed beside the exact one-round scorers."""
+    return ((max(1, budget // 4), 0.25), (budget, 1.0))
 
 
 def main() -> None:
@@ -152,16 +172,22 @@ def main() -> None:
     print(f"SmolLM2-135M float32, CPU threads {torch.get_num_threads()}, tree layout {args.method}, {args.clock} "
           f"seconds, median of {args.repeats} (listwise once when N > {args.listwise_once_above})")
     print(f"{'N':>4} {'P':>4} {'L':>6} {'indep s':>9} {'listwise s':>11} {'cache s':>8} {'packed s':>9} "
-          f"{'speedup':>8} {'ceiling':>8} {'of ceil':>8} {'vs list':>8} {'max|diff|':>10}")
+          f"{'speedup':>8} {'ceiling':>8} {'of ceil':>8} {'vs list':>8} {'max|diff|':>10} {'rounds s':>9} "
+          f"{'vs list':>8} {f'top{TOP} kept':>10}")
     for r in rows:
         print(f"{r['n']:>4} {r['prefix_tokens']:>4} {r['candidate_tokens']:>6} {r['independent_s']:>9.2f} "
               f"{r['listwise_s']:>11.2f} {r['tree_cache_s']:>8.2f} {r['tree_packed_s']:>9.2f} "
               f"{r['speedup']:>7.2f}x {r['ceiling']:>7.2f}x {r['fraction_of_ceiling']:>8.0%} "
-              f"{r['speedup_vs_listwise']:>7.1f}x {r['max_abs_diff']:>10.1e}")
+              f"{r['speedup_vs_listwise']:>7.1f}x {r['max_abs_diff']:>10.1e} {r['tree_rounds_s']:>9.2f} "
+              f"{r['rounds_speedup_vs_listwise']:>7.1f}x {r['rounds_top_agreement']:>10.0%}")
+    print(f"rounds: tree_rerank with {rows[0]['rounds']} (budget, keep): every candidate at a quarter of its tokens, "
+          f"the best quarter again in full; 'top{TOP} kept' = share of the full-budget top {TOP} in its top {TOP}")
     head = next((r for r in rows if r["n"] == 32), rows[0])
     print(json.dumps({"bench": "rerank", "n": head["n"], "speedup": head["speedup"], "ceiling": head["ceiling"],
                       "fraction_of_ceiling": head["fraction_of_ceiling"],
                       "speedup_vs_listwise": head["speedup_vs_listwise"], "max_abs_diff": head["max_abs_diff"],
+                      "rounds_speedup_vs_listwise": head["rounds_speedup_vs_listwise"],
+                      "rounds_top_agreement": head["rounds_top_agreement"],
                       "method": args.method, "clock": args.clock, "threads": torch.get_num_threads(),
                       "rows": rows}))
 
