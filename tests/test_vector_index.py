@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from db.synthetic import SyntheticSpace, create_synthetic_zoo
 from db.vectors import ensure_hnsw_indexes, hnsw_index_name, sync_families
-from serving.retrieval import EXACT, FAMILY_INDEX, WALK, Retriever, Weights
+from serving.retrieval import EXACT, FAMILY_INDEX, WALK, Hit, Retriever, Weights
 
 SPACE = "synthetic-test|none|64+0"
 
@@ -95,3 +95,36 @@ def test_index_names_fit_postgres_so_a_second_build_finds_them(engine) -> None:
     created = ensure_hnsw_indexes(engine, space, 64)
     assert created and all(len(name) <= 63 for name in created)
     assert ensure_hnsw_indexes(engine, space, 64) == []
+
+
+def test_popular_and_co_used_adapters_join_the_pool_whatever_their_similarity(synthetic, engine) -> None:
+    made, retriever = synthetic
+    q = made.centres[4]
+    checkpoint = retriever.checkpoints(q, top_k=1)[0]
+    family = checkpoint.base_model_family
+    mask = made.adapter_families == family
+    least_similar = made.adapter_ids[mask][np.argsort(made.adapter_vectors[mask] @ q)[:2]]
+    popular_id, co_used_id = (int(i) for i in least_similar)
+    with engine.begin() as conn:
+        downloads = conn.execute(text("SELECT download_count FROM model_versions WHERE id = :id"),
+                                 {"id": popular_id}).scalar_one()
+        conn.execute(text("UPDATE model_versions SET download_count = 1000000000 WHERE id = :id"), {"id": popular_id})
+        conn.execute(text(
+            "INSERT INTO adapter_checkpoint_links VALUES (:a, :c, 500, 500, NULL, 0, :f, :f, true)"),
+            {"a": co_used_id, "c": checkpoint.version_id, "f": family})
+    try:
+        def top(**weights: float) -> list[Hit]:
+            fresh = Retriever(engine, retriever.text_encoder, weights=Weights(**{
+                "checkpoint_popularity": 0.0, "adapter_popularity": 0.0, "co_usage": 0.0, **weights}))
+            assert fresh.checkpoints(q, top_k=1)[0].version_id == checkpoint.version_id
+            return fresh.adapters(q, checkpoint, top_k=10)
+
+        assert {popular_id, co_used_id}.isdisjoint(hit.version_id for hit in top())  # similarity alone: last
+        assert top(adapter_popularity=5.0)[0].version_id == popular_id
+        by_co_usage = top(co_usage=5.0)[0]
+        assert (by_co_usage.version_id, by_co_usage.co_usage_images) == (co_used_id, 500)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE model_versions SET download_count = :d WHERE id = :id"),
+                         {"d": downloads, "id": popular_id})
+            conn.execute(text("DELETE FROM adapter_checkpoint_links WHERE adapter_version_id = :a"), {"a": co_used_id})
