@@ -200,18 +200,22 @@ def pg_floor(engine, exact: Exact) -> Method:
 
 
 def pg_index_check(retriever, space: str, q: np.ndarray) -> dict[str, bool]:
-    """Whether the planner really walks each level's partial HNSW index."""
+    """Whether the planner really walks each level's partial HNSW index (level 2: the chosen family's own one
+    when it has one)."""
     from sqlalchemy import text
 
     from db.vectors import hnsw_index_name
+    from serving.retrieval import FAMILY_INDEX
 
     checkpoint = retriever.checkpoints(q, 1)[0]
+    family = checkpoint.base_model_family if retriever.adapter_plan(checkpoint, TOP_K)[1] == FAMILY_INDEX else None
     used = {}
-    for role, (sql, params) in (("checkpoint", retriever.checkpoint_query(q, TOP_K)),
-                                ("adapter", retriever.adapter_query(q, checkpoint, TOP_K))):
+    for role, name, (sql, params) in (
+            ("checkpoint", hnsw_index_name(space, "checkpoint"), retriever.checkpoint_query(q, TOP_K)),
+            ("adapter", hnsw_index_name(space, "adapter", family), retriever.adapter_query(q, checkpoint, TOP_K))):
         with retriever.engine.begin() as conn:
             plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
-        used[role] = hnsw_index_name(space, role) in plan
+        used[role] = name in plan
     return used
 
 
