@@ -39,6 +39,7 @@ def retriever(zoo) -> Retriever:
     ("ink wash mountains in the mist", "Sumi River Ink"),
     ("anime girl in a knitted winter sweater", "Lumen Anime Blend"),
     ("a watercolor painting of a lighthouse at dusk", "Wetpaper Watercolor"),
+    ("a photo of a city street at night, realistic", "Northfield Photoreal"),  # not the most downloaded one
 ])
 def test_the_right_checkpoint_comes_first(retriever: Retriever, prompt: str, checkpoint: str) -> None:
     assert retriever.search(prompt).checkpoints[0].name == checkpoint
