@@ -70,3 +70,14 @@ def engine(database_url: str) -> Engine:
     from db.migrate import ensure_migrated
 
     return ensure_migrated(engine_for_url(database_url))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread: OpenMP hand-offs cost more than the maths on 2 busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
