@@ -225,18 +225,18 @@ ORDER BY s.id
 def load_catalogue(engine: Engine, retriever) -> dict:
     """Served, embedded versions: BM25 documents (the text the vectors encode), popularity, trigger words."""
     from db.cards import served_cards
-    from embedding.describers import Description
-    from embedding.refresh import EXAMPLE_PROMPTS_EMBEDDED, FALLBACK_DESCRIBER, _LORA_TAG, card_from_row, embedding_text
+    from embedding.refresh import (
+        EXAMPLE_PROMPTS_EMBEDDED,
+        _LORA_TAG,
+        card_from_row,
+        embedding_text,
+        preferred_descriptions,
+    )
 
     with engine.connect() as conn:
         roles = dict(conn.execute(text("SELECT version_id, role FROM embeddings WHERE space = :space"),
                                   {"space": retriever.space}).all())
-        descriptions = {row.version_id: row for row in conn.execute(text(
-            "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
-            "prompt_version FROM descriptions "
-            "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
-            "ORDER BY version_id, describer = :d DESC"),
-            {"d": retriever.describer, "p": retriever.prompt_version, **FALLBACK_DESCRIBER})}
+        descriptions = preferred_descriptions(conn, retriever.describer, retriever.prompt_version)
         served = {row.version_id: row for row in conn.execute(text(
             "SELECT version_id, model_id, model_type, base_model_family, trained_words, version_download_count, "
             "model_download_count FROM served_model_versions"))}
@@ -246,11 +246,8 @@ def load_catalogue(engine: Engine, retriever) -> dict:
             version_id = row["version_id"]
             if version_id not in roles or version_id not in descriptions:
                 continue
-            card, d = card_from_row(row), descriptions[version_id]
-            description = Description(text=d.text, kind=d.kind, trigger_words=tuple(d.trigger_words),
-                                      recommended_weight=d.recommended_weight, describer=d.describer,
-                                      prompt_version=d.prompt_version)
-            documents[version_id] = embedding_text(card, description)
+            card = card_from_row(row)
+            documents[version_id] = embedding_text(card, descriptions[version_id])
             embedded_prompts[version_id] = [
                 frozenset(tokens(strip_prompt_syntax(_LORA_TAG.sub("", p))))
                 for p in card.example_prompts[:EXAMPLE_PROMPTS_EMBEDDED]]

@@ -41,7 +41,7 @@ def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collecti
         if not force and previous == stamp:
             return None
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
-        if force or previous is None or not previous.endswith(f"|{RESOLUTION_RULES}"):
+        if force or not (previous or "").endswith(f"|{RESOLUTION_RULES}"):
             conn.execute(text("UPDATE image_resources SET resolved_version_id = NULL, resolved_by = NULL "
                               "WHERE resolved_version_id IS NOT NULL"))
         counts = _resolve(conn, types_by_role)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import orjson
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from db.cards import served_cards
 from db.vectors import stored_input_shas, upsert_descriptions, upsert_embeddings
@@ -96,6 +96,20 @@ def embedding_text(card: AdapterCard, description: Description) -> str:
     return " ".join(parts)
 
 
+def preferred_descriptions(conn: Connection, describer: str, prompt_version: str) -> dict[int, Description]:
+    """version_id -> the stored description of this describer, else the card-text one: a card the model backend
+    failed on is stored under the card-text describer, and is used until the backend succeeds."""
+    rows = conn.execute(text(
+        "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
+        "prompt_version FROM descriptions "
+        "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
+        "ORDER BY version_id, describer = :d DESC"),
+        {"d": describer, "p": prompt_version, **FALLBACK_DESCRIBER})
+    return {row.version_id: Description(text=row.text, kind=row.kind, trigger_words=tuple(row.trigger_words),
+                                        recommended_weight=row.recommended_weight, describer=row.describer,
+                                        prompt_version=row.prompt_version) for row in rows}
+
+
 def space_name(text_encoder: TextEncoder, image_encoder: ImageEncoder | None) -> str:
     image_dim = image_encoder.image_dim if image_encoder else 0
     image_name = getattr(image_encoder, "name", "none") if image_encoder else "none"
@@ -123,24 +137,15 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
     counts = EmbedCounts()
     with engine.connect() as conn:
         cards = {row["version_id"]: card_from_row(row) for row in served_cards(conn, shard, shards)}
-        # A card the model backend failed on is stored under the card-text describer: embed that until it succeeds.
-        descriptions = {row.version_id: row for row in conn.execute(text(
-            "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
-            "prompt_version FROM descriptions "
-            "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
-            "ORDER BY version_id, describer = :d DESC"),
-            {"d": describer.name, "p": describer.prompt_version, **FALLBACK_DESCRIBER})}
+        descriptions = preferred_descriptions(conn, describer.name, describer.prompt_version)
         stored = stored_input_shas(conn, "embeddings", "space", space)
     counts.served = len(cards)
     pending = []
     for version_id, card in cards.items():
-        row = descriptions.get(version_id)
-        if row is None:
+        description = descriptions.get(version_id)
+        if description is None:
             counts.undescribed += 1
             continue
-        description = Description(text=row.text, kind=row.kind, trigger_words=tuple(row.trigger_words),
-                                  recommended_weight=row.recommended_weight, describer=row.describer,
-                                  prompt_version=row.prompt_version)
         body = embedding_text(card, description)
         urls = list(card.example_image_urls[:max_images]) if image_encoder else []
         sha = _sha({"text": body, "images": urls, "space": space})

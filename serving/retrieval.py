@@ -163,7 +163,7 @@ class Retriever:
                 self._popular[key] = list(conn.execute(text(
                     "SELECT e.version_id FROM embeddings e JOIN model_versions v ON v.id = e.version_id "
                     "WHERE e.space = :space AND e.role = :role AND (CAST(:family AS text) IS NULL "
-                    "OR v.base_model_family = :family) ORDER BY v.download_count DESC, e.version_id LIMIT :n"),
+                    "OR e.base_model_family = :family) ORDER BY v.download_count DESC, e.version_id LIMIT :n"),
                     {"space": self.space, "role": role, "family": family, "n": self.popular_candidates}).scalars())
         return self._popular[key]
 
