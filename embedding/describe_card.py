@@ -349,6 +349,11 @@ def clean_trigger_words(words: Iterable[object]) -> tuple[str, ...]:
     return specific or tuple(cleaned)
 
 
+def trigger_words_or_trained(described: Sequence[str] | None, trained_words: Sequence[object] | None) -> list[str]:
+    """A version's trigger words: the describer's, else its trained words cleaned (not described yet)."""
+    return list(described) if described else list(clean_trigger_words(trained_words or ()))
+
+
 def default_weight(model_type: str) -> float:
     """The strength to use without evidence: 0.8 for LoRA-like adapters, 1.0 for embeddings and checkpoints."""
     return 0.8 if role_of_type(model_type) in ("lora", "hypernetwork") else 1.0

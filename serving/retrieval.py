@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from db.vectors import hnsw_index_name, sql_literal
-from embedding.describe_card import clean_trigger_words
+from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
 
@@ -333,7 +333,7 @@ class Retriever:
                    base_model=row["base_model"], base_model_family=row["base_model_family"],
                    score=round(float(row["score"]), 6), similarity=round(float(row["similarity"]), 6),
                    downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
-                   trigger_words=list(row["trigger_words"] or clean_trigger_words(row["trained_words"] or [])),
+                   trigger_words=trigger_words_or_trained(row["trigger_words"], row["trained_words"]),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
                    why="; ".join(why), file_name=row["file_name"], description=row["description"])
 

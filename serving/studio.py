@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from config import Settings
-from embedding.describe_card import clean_trigger_words
+from embedding.describe_card import trigger_words_or_trained
 from serving.composer import (
     DEFAULT_WEIGHT,
     KINDS,
@@ -222,7 +222,7 @@ class Studio:
             rows = conn.execute(text(_LOOKUP), {"ids": ids}).mappings().all()
         found = {}
         for row in rows:
-            triggers = list(row["described_triggers"] or clean_trigger_words(row["trained_words"] or []))
+            triggers = trigger_words_or_trained(row["described_triggers"], row["trained_words"])
             kind = "checkpoint" if row["model_type"] == "Checkpoint" else (row["kind"] or "other")
             found[int(row["version_id"])] = ModelRef(
                 version_id=int(row["version_id"]), model_id=int(row["model_id"]), name=row["model_name"],
