@@ -18,7 +18,10 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
             copy.write_row(row)
 
 
-def stage_rows(conn: Connection, table: str, like: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Create temp table `table` shaped like `like` (dropped at commit) and COPY `rows` into it."""
-    driver_cursor(conn).execute(f"CREATE TEMP TABLE {table} (LIKE {like} INCLUDING DEFAULTS) ON COMMIT DROP")
+def stage_rows(conn: Connection, table: str, like: str, columns: Sequence[str], rows: Iterable[Sequence],
+               extra_columns: str = "") -> None:
+    """Create temp table `table` shaped like `like` (plus `extra_columns` definitions, for inputs the target derives
+    its columns from; dropped at commit) and COPY `rows` into it."""
+    extra = f", {extra_columns}" if extra_columns else ""
+    driver_cursor(conn).execute(f"CREATE TEMP TABLE {table} (LIKE {like} INCLUDING DEFAULTS{extra}) ON COMMIT DROP")
     copy_rows(conn, table, columns, rows)

@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from pgvector.sqlalchemy import Vector
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -290,4 +290,30 @@ class Embedding(Base):
     image_dim: Mapped[int] = mapped_column(Integer, nullable=False)
     images_embedded: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     input_sha: Mapped[str] = mapped_column(Text, nullable=False, comment="hash of the embedded text, image URLs and encoder")
+    lexemes: Mapped[str | None] = mapped_column(TSVECTOR, comment="the embedded text's words (BM25 in retrieval)")
+    lexical_length: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0",
+                                                comment="how many words the embedded text has (BM25's length)")
     created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_embeddings_lexemes", "lexemes", postgresql_using="gin"),)
+
+
+class LexicalTerm(Base):
+    """In how many embedded texts of a space and role a word occurs: the IDF of retrieval's BM25 (rebuilt by the
+    retrieval_index asset)."""
+
+    __tablename__ = "lexical_terms"
+    space: Mapped[str] = mapped_column(Text, primary_key=True)
+    role: Mapped[str] = mapped_column(Text, primary_key=True)
+    lexeme: Mapped[str] = mapped_column(Text, primary_key=True, comment="a word as to_tsvector('english') stems it")
+    documents: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class LexicalCorpus(Base):
+    """How many embedded texts a space and role has, and their mean length in words (BM25's N and avgdl)."""
+
+    __tablename__ = "lexical_corpus"
+    space: Mapped[str] = mapped_column(Text, primary_key=True)
+    role: Mapped[str] = mapped_column(Text, primary_key=True)
+    documents: Mapped[int] = mapped_column(Integer, nullable=False)
+    average_length: Mapped[float] = mapped_column(Float, nullable=False)

@@ -11,6 +11,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import Connection, Engine, text
 
 from db.copy import driver_cursor, stage_rows
+from db.lexicon import lexemes_sql, word_count_sql
 
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"  # migrations/env.py leaves indexes with this prefix alone
 HNSW_MAX_DIMENSIONS = 2000  # pgvector 0.6 indexes up to 2,000 dimensions
@@ -40,21 +41,26 @@ def upsert_descriptions(conn: Connection, rows: Sequence[dict]) -> None:
 
 
 def upsert_embeddings(conn: Connection, space: str, rows: Sequence[dict]) -> None:
-    """Rows: version_id, role, emb (numpy float32), text_dim, image_dim, images_embedded, input_sha."""
+    """Rows: version_id, role, emb (numpy float32), text_dim, image_dim, images_embedded, input_sha, and text (what
+    the text half encodes, whose words are stored beside the vector; None stores none)."""
     if not rows:
         return
     register_vector(conn.connection.driver_connection)
     columns = ("version_id", "space", "role", "emb", "text_dim", "image_dim", "images_embedded", "input_sha")
-    stage_rows(conn, "stage_embeddings", "embeddings", columns,
+    stage_rows(conn, "stage_embeddings", "embeddings", (*columns, "body"),
                ([row["version_id"], space, row["role"], np.asarray(row["emb"], dtype=np.float32), row["text_dim"],
-                 row["image_dim"], row["images_embedded"], row["input_sha"]] for row in rows))
+                 row["image_dim"], row["images_embedded"], row["input_sha"], row.get("text")] for row in rows),
+               extra_columns="body text")
+    lexemes = lexemes_sql("s.body")
     conn.execute(text(
         f"""
-        INSERT INTO embeddings ({', '.join(columns)}, base_model_family)
-        SELECT {', '.join('s.' + c for c in columns)}, v.base_model_family
+        INSERT INTO embeddings ({', '.join(columns)}, base_model_family, lexemes, lexical_length)
+        SELECT {', '.join('s.' + c for c in columns)}, v.base_model_family, {lexemes},
+               {word_count_sql(lexemes)}
         FROM stage_embeddings s JOIN model_versions v ON v.id = s.version_id
         ON CONFLICT (version_id, space) DO UPDATE SET role = EXCLUDED.role, emb = EXCLUDED.emb,
-            base_model_family = EXCLUDED.base_model_family,
+            base_model_family = EXCLUDED.base_model_family, lexemes = EXCLUDED.lexemes,
+            lexical_length = EXCLUDED.lexical_length,
             text_dim = EXCLUDED.text_dim, image_dim = EXCLUDED.image_dim,
             images_embedded = EXCLUDED.images_embedded, input_sha = EXCLUDED.input_sha, created_at = now()
         """

@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import Connection, Engine, text
 
 from db.cards import served_cards
+from db.lexicon import fill_lexemes, versions_without_lexemes
 from db.vectors import stored_input_shas, upsert_descriptions, upsert_embeddings
 from embedding.describers import AdapterCard, CardTextDescriber, Describer, Description
 from embedding.encoders import ImageEncoder, TextEncoder, embed_card_vectors
@@ -124,6 +125,7 @@ class EmbedCounts:
     undescribed: int = 0
     images_embedded: int = 0
     images_skipped: int = 0
+    words_added: int = 0  # unchanged vectors stored before their words were
     seconds_per_item: float = 0.0
 
 
@@ -139,8 +141,9 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
         cards = {row["version_id"]: card_from_row(row) for row in served_cards(conn, shard, shards)}
         descriptions = preferred_descriptions(conn, describer.name, describer.prompt_version)
         stored = stored_input_shas(conn, "embeddings", "space", space)
+        wordless = versions_without_lexemes(conn, space)
     counts.served = len(cards)
-    pending = []
+    pending, words_only = [], {}
     for version_id, card in cards.items():
         description = descriptions.get(version_id)
         if description is None:
@@ -151,8 +154,13 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
         sha = _sha({"text": body, "images": urls, "space": space})
         if stored.get(version_id) == sha:
             counts.unchanged += 1
+            if version_id in wordless:
+                words_only[version_id] = body
             continue
         pending.append((card, body, urls, sha))
+    if words_only:
+        with engine.begin() as conn:
+            counts.words_added = fill_lexemes(conn, space, words_only)
     started = time.perf_counter()
     for start in range(0, len(pending), batch_size):
         batch = pending[start:start + batch_size]
@@ -163,8 +171,8 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
             upsert_embeddings(conn, space, [
                 {"version_id": card.version_id, "role": role_of(card.model_type), "emb": vector,
                  "text_dim": text_encoder.text_dim, "image_dim": image_dim, "images_embedded": n_images,
-                 "input_sha": sha}
-                for (card, _, _, sha), vector, n_images in zip(batch, vectors, image_counts, strict=True)
+                 "input_sha": sha, "text": body}
+                for (card, body, _, sha), vector, n_images in zip(batch, vectors, image_counts, strict=True)
             ])
         counts.embedded += len(batch)
     if counts.embedded:

@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, AutomationCondition, MaterializeResul
 from sqlalchemy import text
 
 from config import Settings
+from db.lexicon import rebuild_lexicon
 from db.vectors import delete_unserved, ensure_hnsw_indexes, sync_families
 from embedding.refresh import describe_pending, embed_pending, space_name
 from orchestration.assets import adapter_checkpoint_links
@@ -43,7 +44,8 @@ def zoo_embeddings(context: AssetExecutionContext, database: DatabaseResource,
 
 
 @asset(group_name=GROUP, automation_condition=FOLLOW_UPSTREAM, deps=[zoo_embeddings],
-       description="Per-space partial HNSW indexes; vectors and descriptions of no-longer-served versions removed.")
+       description="Per-space partial HNSW indexes and word statistics (BM25); vectors and descriptions of "
+                   "no-longer-served versions removed.")
 def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
                     models: ModelsResource) -> MaterializeResult:
     started = time.perf_counter()
@@ -56,10 +58,11 @@ def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
         moved_family = sync_families(conn)
     dimension = text_encoder.text_dim + (image_encoder.image_dim if image_encoder else 0)
     created = ensure_hnsw_indexes(engine, space, dimension)
-    with engine.connect() as conn:
+    with engine.begin() as conn:
+        words = rebuild_lexicon(conn, space)
         vectors = conn.execute(text("SELECT count(*) FROM embeddings WHERE space = :s"), {"s": space}).scalar_one()
     return MaterializeResult(metadata={
-        "space": space, "dimension": dimension, "vectors": vectors, "indexes_created": created,
+        "space": space, "dimension": dimension, "vectors": vectors, "indexes_created": created, "lexicon_words": words,
         "removed_vectors": removed_vectors, "removed_descriptions": removed_descriptions,
         "vectors_moved_family": moved_family,
         "seconds": round(time.perf_counter() - started, 3)})
