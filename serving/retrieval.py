@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
+from db.lexicon import TEXT_SEARCH_CONFIG
 from db.vectors import hnsw_index_name, sql_literal
 from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
@@ -35,7 +36,8 @@ class Filters:
 
 @dataclass(frozen=True)
 class Weights:
-    """How evidence combines: score = similarity + popularity * log-downloads + co_usage * log-images."""
+    """How evidence combines: score = similarity + popularity * log-downloads + co_usage * log-images
+    + lexical * relative BM25."""
 
     text: float = 1.0
     image: float = 1.0
@@ -46,6 +48,9 @@ class Weights:
     checkpoint_popularity: float = 2.0
     adapter_popularity: float = 4.0
     co_usage: float = 2.0
+    # BM25 of the query's words in the embedded text, divided by the pool's best: what a prompt names literally.
+    checkpoint_lexical: float = 1.0
+    adapter_lexical: float = 1.0
 
 
 @dataclass
@@ -68,6 +73,8 @@ class Hit:
     why: str
     file_name: str | None = None
     description: str = ""
+    lexical: float = 0.0  # BM25 of the query's words, relative to the best of the candidate pool
+    matched_words: list[str] = field(default_factory=list)  # the query's words found in the embedded text
     rerank_score: float | None = None
     rerank_round: int | None = None
 
@@ -90,11 +97,37 @@ _DESCRIPTION = """
     ORDER BY dd.describer = :describer DESC LIMIT 1"""
 # The version's own downloads: a popular model's old versions are not what people use now.
 _POPULARITY = "least(1.0, ln(1 + v.download_count) / ln(1000000.0))"
+_CO_USAGE = "least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0))"
+# The query's words that occur in the space's texts of a role, with BM25's IDF (Lucene's, never negative) and each
+# lexeme as a one-word tsquery literal. Words are split on spaces and commas first, so a match can be shown as the
+# word the user wrote; each is parsed and stemmed as the documents were (db/lexicon.py).
+_TERMS = r"""
+                SELECT l.lexeme, min(w.word) AS word, count(*) AS query_count, t.documents,
+                       ln(1 + (n.documents - t.documents + 0.5) / (t.documents + 0.5)) AS idf,
+                       n.documents AS corpus, n.average_length,
+                       '''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''' AS quoted
+                FROM regexp_split_to_table(coalesce(CAST(:words AS text), ''), '[\s,]+') AS w(word)
+                CROSS JOIN LATERAL unnest(to_tsvector('{config}', w.word)) AS l
+                CROSS JOIN LATERAL (SELECT documents FROM lexical_terms  -- a key lookup per word, not a hash
+                    WHERE space = {space} AND role = {role} AND lexeme = l.lexeme LIMIT 1) AS t  -- of all words
+                JOIN lexical_corpus n ON n.space = {space} AND n.role = {role}
+                GROUP BY l.lexeme, t.documents, n.documents, n.average_length"""
+BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults (the benchmark's baseline)
+# BM25 of a candidate's stored words (e) against the query's terms, and which query words matched. Only the query's
+# lexemes are unnested: setweight marks them (stored words carry the default weight D) and ts_filter keeps them.
+_BM25 = f"""
+                SELECT sum(t.idf * t.query_count * w.tf * {BM25_K1 + 1} / (w.tf + {BM25_K1} * (1 - {BM25_B}
+                           + {BM25_B} * e.lexical_length / greatest(t.average_length, 1.0)))) AS bm25,
+                       array_agg(t.word ORDER BY t.idf DESC, t.word) AS words
+                FROM (SELECT u.lexeme, array_length(u.positions, 1) AS tf
+                      FROM unnest(ts_filter(setweight(e.lexemes, 'A', (SELECT array_agg(lexeme) FROM terms)),
+                                            '{{a}}')) u) w
+                JOIN terms t ON t.lexeme = w.lexeme"""
 # Candidates are scored on the plain tables first; only the top few are joined to the served view and descriptions.
 _RESULT = f"""
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
-           s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images,
+           s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images, r.lexical, r.matched_words,
            s.version_download_count AS downloads, d.trigger_words, s.trained_words,
            d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description
     FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
@@ -103,13 +136,15 @@ _RESULT = f"""
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's ceiling; an index scan returns at most ef_search rows
 WALK, FAMILY_INDEX, EXACT = "walk", "family index", "exact"  # how a level finds its rows by similarity
 RANK_MARGIN = 20  # scored rows beyond k, in case a vector outlived its version's serving (until the next index run)
+RARE_TERMS = 8  # the query's rarest words pick the lexical candidates
+RARE_SHARE = 0.05  # a word in more than this share of a role's texts picks none (BM25 still counts it)
 
 
 class Retriever:
     def __init__(self, engine: Engine, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None, *,
                  describer: str = "card-text", prompt_version: str = "", ef_search: int = 100,
                  candidate_pool: int = 100, family_candidates: int = 40, popular_candidates: int = 50,
-                 co_used_candidates: int = 50, weights: Weights = Weights()) -> None:
+                 co_used_candidates: int = 50, lexical_candidates: int = 50, weights: Weights = Weights()) -> None:
         self.engine = engine
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.space = space_name(text_encoder, image_encoder)
@@ -120,6 +155,7 @@ class Retriever:
         self.ef_search = min(max(int(ef_search), self.candidate_pool), HNSW_MAX_EF_SEARCH)
         self.family_candidates = int(family_candidates)
         self.popular_candidates, self.co_used_candidates = int(popular_candidates), int(co_used_candidates)
+        self.lexical_candidates = int(lexical_candidates)
         self.weights = weights
         self._family_counts: dict[str, int] | None = None
         self._family_indexes: set[str] = set()
@@ -168,14 +204,15 @@ class Retriever:
         return self._popular[key]
 
     def _pool_sql(self, role: str, plan: str = WALK, family: str | None = None, co_used: bool = False) -> str:
-        """The candidate pool `c`: `pool` rows by similarity, then the `:popular` versions and, for adapters, those
-        most used with the chosen checkpoint, looked up by key. The similarity rows come from the partial HNSW index
-        of (space, role) (WALK, post-filtered later), of the family's own adapters (FAMILY_INDEX), or from an exact
-        scan of a family too small to have an index (EXACT; '+ 0' keeps the planner off the index). MATERIALIZED
-        keeps the walk from being re-run inside a nested loop."""
-        space = sql_literal(self.space)
+        """The candidate pool `c`: `pool` rows by similarity, then the `:popular` versions, for adapters those most
+        used with the chosen checkpoint, and the versions whose texts hold the query's rarest words (best first by
+        the IDF they match), looked up by key. The similarity rows come from the partial HNSW index of (space, role)
+        (WALK, post-filtered later), of the family's own adapters (FAMILY_INDEX), or from an exact scan of a family
+        too small to have an index (EXACT; '+ 0' keeps the planner off the index). MATERIALIZED keeps each branch
+        from being re-run inside a nested loop. Also defines `terms`, the query's words, for the scoring."""
+        space, role_sql = sql_literal(self.space), sql_literal(role)
         distance = f"e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension}))"
-        where = f"e.space = {space} AND e.role = {sql_literal(role)}"
+        where = f"e.space = {space} AND e.role = {role_sql}"
         if plan == FAMILY_INDEX:
             where += f" AND e.base_model_family = {sql_literal(family)}"  # a constant: the index's predicate
         elif plan == EXACT:
@@ -186,17 +223,52 @@ class Retriever:
                 WHERE {where} ORDER BY {order} LIMIT :pool"""
         lookup = f"""
                 SELECT e.version_id, -({distance}) AS similarity FROM embeddings e
-                WHERE e.space = {space} AND e.role = {sql_literal(role)} AND e.version_id"""
+                WHERE e.space = {space} AND e.role = {role_sql} AND e.version_id"""
         co_used_sql = f"""
                 UNION{lookup} IN (SELECT l.adapter_version_id FROM adapter_checkpoint_links l
                     WHERE l.checkpoint_version_id = :checkpoint
                     ORDER BY l.image_count DESC, l.adapter_version_id LIMIT :co_used)""" if co_used else ""
+        in_family = " AND e.base_model_family = :family" if family is not None else ""
         return f"""
             WITH walk AS MATERIALIZED ({walk}
+            ),
+            terms AS MATERIALIZED ({_TERMS.format(config=TEXT_SEARCH_CONFIG, space=space, role=role_sql)}
+            ),
+            rare AS MATERIALIZED (
+                SELECT idf, CAST(quoted AS tsquery) AS query FROM terms
+                WHERE documents <= {RARE_SHARE} * corpus ORDER BY documents, lexeme LIMIT {RARE_TERMS}
+            ),
+            lexical AS MATERIALIZED (
+                SELECT e.version_id FROM embeddings e
+                WHERE e.space = {space} AND e.role = {role_sql}{in_family}
+                  AND e.lexemes @@ (SELECT CAST(string_agg(CAST(query AS text), ' | ') AS tsquery) FROM rare)
+                ORDER BY (SELECT sum(r.idf) FROM rare r WHERE e.lexemes @@ r.query) DESC, e.version_id
+                LIMIT :lexical_candidates
             ),
             c AS (
                 SELECT * FROM walk
                 UNION{lookup} = ANY(CAST(:popular AS bigint[])){co_used_sql}
+                UNION{lookup} IN (SELECT version_id FROM lexical)
+            )"""
+
+    def _ranked_sql(self, evidence: str, where: str, co_usage_images: str = "0", joins: str = "") -> str:
+        """`ranked`: the pool's rows that pass `where`, scored as similarity + `evidence` + the lexical weight times
+        the row's BM25 relative to the best in the pool (a row that matches the query's words best gets 1)."""
+        return f""",
+            scored AS (
+                SELECT c.version_id, c.similarity, {co_usage_images} AS co_usage_images,
+                       c.similarity + {evidence} AS evidence, coalesce(x.bm25, 0) AS bm25,
+                       coalesce(x.words, '{{}}') AS matched_words
+                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
+                JOIN embeddings e ON e.version_id = c.version_id AND e.space = {sql_literal(self.space)}{joins}
+                LEFT JOIN LATERAL ({_BM25}) x ON true
+                WHERE {where}
+            ),
+            ranked AS (
+                SELECT version_id, similarity, co_usage_images, matched_words,
+                       coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS lexical,
+                       evidence + :lex * coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS score
+                FROM scored ORDER BY score DESC, version_id LIMIT :k + {RANK_MARGIN}
             )"""
 
     @staticmethod
@@ -221,17 +293,14 @@ class Retriever:
         _set_session(conn, "hnsw.ef_search", str(int(ef_search)))
         return [dict(row) for row in conn.execute(text(sql), params).mappings()]
 
-    def checkpoint_query(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> tuple[str, dict]:
-        """Level 1 as (SQL, parameters): the best checkpoints, by similarity and popularity."""
+    def checkpoint_query(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters(),
+                         words: str | None = None) -> tuple[str, dict]:
+        """Level 1 as (SQL, parameters): the best checkpoints, by similarity, popularity and the query's words."""
         where, params = self._filter_sql(Filters(filters.base_models, (), filters.commercial_use, filters.min_downloads))
-        sql = self._pool_sql("checkpoint") + f""",
-            ranked AS (
-                SELECT c.version_id, c.similarity, c.similarity + :pop * {_POPULARITY} AS score, 0 AS co_usage_images
-                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
-                WHERE true {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
-            )""" + _RESULT
-        return sql, {**params, **self._common(q, top_k, self.candidate_pool),
-                     "pop": self.weights.checkpoint_popularity, "popular": self.popular("checkpoint")}
+        sql = self._pool_sql("checkpoint") + self._ranked_sql(f":pop * {_POPULARITY}", "true" + where) + _RESULT
+        return sql, {**params, **self._common(q, words, top_k, self.candidate_pool),
+                     "pop": self.weights.checkpoint_popularity, "lex": self.weights.checkpoint_lexical,
+                     "popular": self.popular("checkpoint")}
 
     def adapter_plan(self, checkpoint: Hit | None, top_k: int) -> tuple[int, str]:
         """(pool size, plan) for level 2. A family with an index of its own walks it for `family_candidates` (at
@@ -253,7 +322,7 @@ class Retriever:
         return max(pool, self.candidate_pool), WALK
 
     def adapter_query(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10,
-                      filters: Filters = Filters()) -> tuple[str, dict]:
+                      filters: Filters = Filters(), words: str | None = None) -> tuple[str, dict]:
         """Level 2 as (SQL, parameters): adapters of the checkpoint's family, boosted by co-usage with it."""
         where, params = self._filter_sql(filters)
         pool, plan = self.adapter_plan(checkpoint, top_k)
@@ -261,28 +330,25 @@ class Retriever:
         if checkpoint is not None:
             where += " AND v.base_model_family = :family"
             params["family"] = family
-        sql = self._pool_sql("adapter", plan, family, co_used=checkpoint is not None) + f""",
-            ranked AS (
-                SELECT c.version_id, c.similarity, coalesce(l.image_count, 0) AS co_usage_images,
-                       c.similarity + :pop * {_POPULARITY}
-                       + :co * least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0)) AS score
-                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
-                LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id
-                     AND l.checkpoint_version_id = :checkpoint
-                WHERE m.type <> 'Checkpoint' {where} ORDER BY score DESC, c.version_id LIMIT :k + {RANK_MARGIN}
-            )""" + _RESULT
-        return sql, {**params, **self._common(q, top_k, pool), "pop": self.weights.adapter_popularity,
-                     "co": self.weights.co_usage, "checkpoint": checkpoint.version_id if checkpoint else -1,
-                     "co_used": self.co_used_candidates,
-                     "popular": self.popular("adapter", checkpoint.base_model_family if checkpoint else None)}
+        sql = self._pool_sql("adapter", plan, family, co_used=checkpoint is not None) + self._ranked_sql(
+            f":pop * {_POPULARITY} + :co * {_CO_USAGE}", "m.type <> 'Checkpoint'" + where,
+            co_usage_images="coalesce(l.image_count, 0)",
+            joins="\n                LEFT JOIN adapter_checkpoint_links l ON l.adapter_version_id = c.version_id"
+                  " AND l.checkpoint_version_id = :checkpoint") + _RESULT
+        return sql, {**params, **self._common(q, words, top_k, pool), "pop": self.weights.adapter_popularity,
+                     "co": self.weights.co_usage, "lex": self.weights.adapter_lexical,
+                     "checkpoint": checkpoint.version_id if checkpoint else -1, "co_used": self.co_used_candidates,
+                     "popular": self.popular("adapter", family)}
 
-    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters()) -> list[Hit]:
+    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters(),
+                    words: str | None = None) -> list[Hit]:
         with self._session() as conn:
-            return self._checkpoints(conn, q, top_k, filters)
+            return self._checkpoints(conn, q, top_k, filters, words)
 
-    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters()) -> list[Hit]:
+    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
+                 words: str | None = None) -> list[Hit]:
         with self._session() as conn:
-            return self._adapters(conn, q, checkpoint, top_k, filters)
+            return self._adapters(conn, q, checkpoint, top_k, filters, words)
 
     @contextmanager
     def _session(self) -> Iterator[Connection]:
@@ -294,13 +360,14 @@ class Retriever:
             _set_session(conn, "plan_cache_mode", "force_custom_plan")
             yield conn
 
-    def _checkpoints(self, conn: Connection, q: np.ndarray, top_k: int, filters: Filters) -> list[Hit]:
-        rows = self._run(conn, *self.checkpoint_query(q, top_k, filters), self.ef_search)
+    def _checkpoints(self, conn: Connection, q: np.ndarray, top_k: int, filters: Filters,
+                     words: str | None) -> list[Hit]:
+        rows = self._run(conn, *self.checkpoint_query(q, top_k, filters, words), self.ef_search)
         return [self._hit(row, None) for row in rows]
 
     def _adapters(self, conn: Connection, q: np.ndarray, checkpoint: Hit | None, top_k: int,
-                  filters: Filters) -> list[Hit]:
-        sql, params = self.adapter_query(q, checkpoint, top_k, filters)
+                  filters: Filters, words: str | None) -> list[Hit]:
+        sql, params = self.adapter_query(q, checkpoint, top_k, filters, words)
         rows = self._run(conn, sql, params, max(self.ef_search, params["pool"]))
         return [self._hit(row, checkpoint) for row in rows]
 
@@ -308,8 +375,8 @@ class Retriever:
                filters: Filters = Filters()) -> SearchResult:
         q = self.query_vector(query, image)
         with self._session() as conn:
-            checkpoints = self._checkpoints(conn, q, top_checkpoints, filters) if top_checkpoints else []
-            adapters = self._adapters(conn, q, checkpoints[0] if checkpoints else None, top_k, filters)
+            checkpoints = self._checkpoints(conn, q, top_checkpoints, filters, query) if top_checkpoints else []
+            adapters = self._adapters(conn, q, checkpoints[0] if checkpoints else None, top_k, filters, query)
         by_kind: dict[str, list[Hit]] = {}
         for hit in adapters:
             by_kind.setdefault(hit.kind, []).append(hit)
@@ -317,14 +384,17 @@ class Retriever:
         ordered = {kind: by_kind[kind] for kind in sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))}
         return SearchResult(checkpoints, adapters, ordered)
 
-    def _common(self, q: np.ndarray, top_k: int, pool: int) -> dict:
-        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "pool": int(pool),
+    def _common(self, q: np.ndarray, words: str | None, top_k: int, pool: int) -> dict:
+        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "words": words or "",
+                "lexical_candidates": self.lexical_candidates, "pool": int(pool),
                 "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version,
                 **FALLBACK_DESCRIBER}
 
     @staticmethod
     def _hit(row: dict, checkpoint: Hit | None) -> Hit:
         why = [f"similarity {row['similarity']:.3f}", f"{row['downloads']:,} downloads"]
+        if row["matched_words"]:
+            why.append("words: " + ", ".join(row["matched_words"]))
         if checkpoint is not None:
             why.append(f"{row['co_usage_images']} images with {checkpoint.name}" if row["co_usage_images"]
                        else f"compatible with {checkpoint.base_model_family}")
@@ -335,7 +405,8 @@ class Retriever:
                    downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
                    trigger_words=trigger_words_or_trained(row["trigger_words"], row["trained_words"]),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
-                   why="; ".join(why), file_name=row["file_name"], description=row["description"])
+                   why="; ".join(why), file_name=row["file_name"], description=row["description"],
+                   lexical=round(float(row["lexical"]), 6), matched_words=list(row["matched_words"]))
 
 
 def _set_session(conn: Connection, name: str, value: str) -> None:

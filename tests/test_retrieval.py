@@ -3,6 +3,7 @@ describe/embed on refresh, and the search command line."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy import text
 from orchestration.run import refresh_zoo
 from serving.api import open_retriever
 from serving.cli import snapshot_path
-from serving.retrieval import Filters, Retriever
+from serving.retrieval import Filters, Retriever, Weights
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,61 @@ def test_the_right_checkpoint_comes_first(retriever: Retriever, prompt: str, che
 ])
 def test_the_right_adapter_is_in_the_top_three(retriever: Retriever, prompt: str, adapter: str) -> None:
     assert adapter in [hit.name for hit in retriever.search(prompt, top_k=3).adapters]
+
+
+def test_the_query_words_find_what_similarity_misses(retriever: Retriever) -> None:
+    """'linocut' names the Linocut Print LoRA; MiniLM similarity and usage alone rank it below the top five."""
+    prompt = "a fox, linocut"
+    without_words = copy.copy(retriever)
+    without_words.weights = Weights(checkpoint_lexical=0.0, adapter_lexical=0.0)
+    assert "Linocut Print" not in [hit.name for hit in without_words.search(prompt, top_k=5).adapters]
+    hit = retriever.search(prompt, top_k=5).adapters[0]
+    assert hit.name == "Linocut Print"
+    assert hit.matched_words == ["linocut"] and hit.lexical == 1.0 and "words: linocut" in hit.why
+
+
+@pytest.mark.parametrize("prompt", [
+    "it's Tobiah's \\ back'slash", "linocut & fox | !moss <-> :* (x:1.2)", "'''", "\\", "<lora:x:1>, (((", "日本語 ünïcode",
+])
+def test_text_search_syntax_in_a_query_is_plain_words(retriever: Retriever, prompt: str) -> None:
+    result = retriever.search(prompt, top_k=3)
+    assert result.checkpoints and len(result.adapters) == 3
+    assert all(isinstance(word, str) for hit in result.adapters for word in hit.matched_words)
+
+
+def test_the_lexicon_counts_each_word_once_per_text(zoo, engine, retriever: Retriever) -> None:
+    with engine.connect() as conn:
+        corpus = dict(conn.execute(text(
+            "SELECT role, documents FROM lexical_corpus WHERE space = :s"), {"s": retriever.space}).all())
+        vectors = dict(conn.execute(text(
+            "SELECT role, count(*) FROM embeddings WHERE space = :s GROUP BY role"), {"s": retriever.space}).all())
+        frequencies = conn.execute(text(
+            "SELECT t.lexeme, t.documents, (SELECT count(*) FROM embeddings e WHERE e.space = t.space "
+            "AND e.role = t.role AND e.lexemes @@ CAST(quote_literal(t.lexeme) AS tsquery)) FROM lexical_terms t "
+            "WHERE t.space = :s AND t.role = 'adapter' AND t.lexeme IN ('linocut', 'lora', 'sweater')"),
+            {"s": retriever.space}).all()
+    assert corpus == vectors
+    assert {word for word, _, _ in frequencies} == {"linocut", "lora", "sweater"}
+    assert all(stored == counted for _, stored, counted in frequencies)
+
+
+def test_vectors_stored_without_words_get_them_without_re_encoding(engine, retriever: Retriever) -> None:
+    from embedding.describers import CardTextDescriber
+    from embedding.refresh import embed_pending
+
+    with engine.begin() as conn:
+        before = dict(conn.execute(text(
+            "SELECT version_id, lexemes::text FROM embeddings WHERE role = 'adapter' ORDER BY version_id LIMIT 2"
+        )).all())
+        conn.execute(text("UPDATE embeddings SET lexemes = NULL, lexical_length = 0 WHERE version_id = ANY(:ids)"),
+                     {"ids": list(before)})
+    counts = embed_pending(engine, CardTextDescriber(), retriever.text_encoder)
+    assert (counts.embedded, counts.words_added) == (0, 2)
+    with engine.connect() as conn:
+        after = dict(conn.execute(text(
+            "SELECT version_id, lexemes::text FROM embeddings WHERE version_id = ANY(:ids) AND lexical_length > 0"),
+            {"ids": list(before)}).all())
+    assert after == before
 
 
 def test_hits_carry_what_a_caller_needs(retriever: Retriever) -> None:
