@@ -20,11 +20,9 @@ top-10 checkpoints:
                       checkpoints apart
   popularity          the most downloaded served versions (global: a per-family list would leak the answer's family)
   oracle level 1      level 2 given the image's real checkpoint (how much a wrong level 1 costs level 2)
-  no pool cap         the SQL's scoring over every embedded version instead of the HNSW candidate pool (offline)
-and a grid over Weights(checkpoint_popularity, adapter_popularity, co_usage) tuned on the DEV half of the queries
-(offline re-scoring of the SQL's own candidate pools, checked against Retriever.search) and reported on the TEST
-half with the real Retriever; the same grid without the pool cap shows what the weights could do with a pool that
-held the popular and co-used adapters.
+and a grid over Weights(checkpoint_popularity, checkpoint_lexical, adapter_popularity, co_usage, adapter_lexical)
+tuned on the DEV half of the queries (offline re-scoring of the SQL's own candidate pools, checked against
+Retriever.search) and reported on the TEST half with the real Retriever.
 
     python bench/retrieval_quality.py ../shared/civitai/models-2023-07-04.jsonl.gz [--queries 500] [--seed 0]
         [--write-queries queries.jsonl] [--workdir DIR (keep the zoo; reuse it next time)] [--database-url URL]
@@ -397,7 +395,8 @@ def run_oracle(retriever, queries: list[Query], system: System, families: dict[i
         if not q.checkpoints:
             continue
         truth = min(q.checkpoints)
-        adapters = retriever.adapters(retriever.query_vector(q.query), checkpoint_hit(truth, families[truth]), TOP)
+        adapters = retriever.adapters(retriever.query_vector(q.query), checkpoint_hit(truth, families[truth]), TOP,
+                                      words=q.query)
         system.add(q, [h.version_id for h in adapters], None)
 
 
@@ -468,38 +467,42 @@ def popularity(downloads: int) -> float:
 
 class Pools:
     """One query's candidate pools exactly as the SQL walks them, with evidence weights 0 so that every pool row
-    comes back: level 1's, and level 2's for each family a chosen checkpoint can have (fetched when first asked)."""
+    comes back: level 1's, and level 2's for each family a chosen checkpoint can have (fetched when first asked).
+    Each row's features (similarity, popularity, relative BM25) do not depend on the weights."""
 
     def __init__(self, zero, query: Query) -> None:
         self.zero, self.query = zero, query
         self.vector = zero.query_vector(query.query)
-        hits = zero.checkpoints(self.vector, zero.candidate_pool + zero.popular_candidates)  # the whole pool
+        whole = zero.candidate_pool + zero.popular_candidates + zero.lexical_candidates
+        hits = zero.checkpoints(self.vector, whole, words=query.query)
         self.checkpoint_ids = np.array([h.version_id for h in hits], dtype=np.int64)
         self.checkpoint_similarity = np.array([h.similarity for h in hits])
         self.checkpoint_popularity = np.array([popularity(h.downloads) for h in hits])
+        self.checkpoint_lexical = np.array([h.lexical for h in hits])
         self.checkpoint_family = [h.base_model_family for h in hits]
         self._adapters: dict[tuple[int, str | None], tuple] = {}
 
-    def adapters(self, checkpoint: int, family: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, similarity, popularity) of the level-2 pool this chosen checkpoint gets (its family's walk, the
-        family's popular adapters and the adapters most used with it)."""
+    def adapters(self, checkpoint: int, family: str | None) -> tuple[np.ndarray, ...]:
+        """(ids, similarity, popularity, lexical) of the level-2 pool this chosen checkpoint gets (its family's
+        walk, the family's popular adapters, the adapters most used with it and those holding the query's words)."""
         key = (checkpoint, family)
         if key not in self._adapters:
             zero = self.zero
             chosen = checkpoint_hit(checkpoint, family) if family is not None else None
-            sql, params = zero.adapter_query(self.vector, chosen, TOP)
-            params["k"] = params["pool"] + zero.popular_candidates + zero.co_used_candidates  # every pool row
+            sql, params = zero.adapter_query(self.vector, chosen, TOP, words=self.query.query)
+            params["k"] = (params["pool"] + zero.popular_candidates + zero.co_used_candidates
+                           + zero.lexical_candidates)  # every pool row
             with zero._session() as conn:
                 rows = zero._run(conn, sql, params, max(zero.ef_search, params["pool"]))
             self._adapters[key] = (np.array([r["version_id"] for r in rows], dtype=np.int64),
                                    np.array([float(r["similarity"]) for r in rows]),
-                                   np.array([popularity(int(r["downloads"])) for r in rows]))
+                                   np.array([popularity(int(r["downloads"])) for r in rows]),
+                                   np.array([float(r["lexical"]) for r in rows]))
         return self._adapters[key]
 
 
 def fetch_pools(retriever, queries: list[Query]) -> list[Pools]:
-    zero = with_weights(retriever, checkpoint_popularity=0.0, adapter_popularity=0.0, co_usage=0.0)
-    return [Pools(zero, q) for q in queries]
+    return [Pools(with_weights(retriever, **NO_EVIDENCE), q) for q in queries]
 
 
 def load_co_usage(engine: Engine) -> dict[int, dict[int, float]]:
@@ -512,10 +515,12 @@ def load_co_usage(engine: Engine) -> dict[int, dict[int, float]]:
     return links
 
 
-def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float) -> tuple[list[int], tuple]:
+def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float,
+                     checkpoint_lexical: float) -> tuple[list[int], tuple]:
     """Level 1 re-scored, and what level 2 needs from it: the adapters of the chosen checkpoint's family (ids,
-    similarity, popularity, co-usage feature with the chosen checkpoint)."""
-    ck_score = pools.checkpoint_similarity + checkpoint_popularity * pools.checkpoint_popularity
+    similarity, popularity, lexical, co-usage feature with the chosen checkpoint)."""
+    ck_score = (pools.checkpoint_similarity + checkpoint_popularity * pools.checkpoint_popularity
+                + checkpoint_lexical * pools.checkpoint_lexical)
     ck_order = top_k(pools.checkpoint_ids, ck_score)
     checkpoints = [int(pools.checkpoint_ids[i]) for i in ck_order]
     if len(ck_order):
@@ -523,15 +528,15 @@ def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float) ->
         chosen, family = int(pools.checkpoint_ids[top]), pools.checkpoint_family[top]
     else:
         chosen, family = -1, None
-    ids, similarity, popularity_ = pools.adapters(chosen, family)
+    ids, similarity, popularity_, lexical = pools.adapters(chosen, family)
     co = links.get(chosen, {})
     co_feature = np.array([co.get(int(v), 0.0) for v in ids])
-    return checkpoints, (ids, similarity, popularity_, co_feature)
+    return checkpoints, (ids, similarity, popularity_, lexical, co_feature)
 
 
-def rank_adapters(level2: tuple, adapter_popularity: float, co_usage: float) -> list[int]:
-    ids, similarity, popularity_, co_feature = level2
-    score = similarity + adapter_popularity * popularity_ + co_usage * co_feature
+def rank_adapters(level2: tuple, adapter_popularity: float, co_usage: float, adapter_lexical: float) -> list[int]:
+    ids, similarity, popularity_, lexical, co_feature = level2
+    score = similarity + adapter_popularity * popularity_ + co_usage * co_feature + adapter_lexical * lexical
     return [int(ids[i]) for i in top_k(ids, score)]
 
 
@@ -545,45 +550,51 @@ def top_k(ids: np.ndarray, score: np.ndarray, k: int = TOP) -> np.ndarray:
     return candidates[np.lexsort((ids[candidates], -score[candidates]))][:k]
 
 
-def rescore(pools: Pools, links: dict, checkpoint_popularity: float, adapter_popularity: float,
-            co_usage: float) -> tuple[list[int], list[int]]:
-    """Both levels as the SQL scores them: similarity + popularity (+ co-usage with the top checkpoint)."""
-    checkpoints, level2 = rank_checkpoints(pools, links, checkpoint_popularity)
-    return rank_adapters(level2, adapter_popularity, co_usage), checkpoints
+def rescore(pools: Pools, links: dict, checkpoint_popularity: float, checkpoint_lexical: float,
+            adapter_popularity: float, co_usage: float, adapter_lexical: float) -> tuple[list[int], list[int]]:
+    """Both levels as the SQL scores them: similarity + popularity + lexical (+ co-usage with the top checkpoint)."""
+    checkpoints, level2 = rank_checkpoints(pools, links, checkpoint_popularity, checkpoint_lexical)
+    return rank_adapters(level2, adapter_popularity, co_usage, adapter_lexical), checkpoints
 
 
+LEVEL1 = ("checkpoint_popularity", "checkpoint_lexical")
+LEVEL2 = ("adapter_popularity", "co_usage", "adapter_lexical")
 GRID = {
-    "checkpoint_popularity": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
-    "adapter_popularity": (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0),
-    "co_usage": (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0),
+    "checkpoint_popularity": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "checkpoint_lexical": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "adapter_popularity": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "co_usage": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+    "adapter_lexical": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
+NO_EVIDENCE = {name: 0.0 for name in GRID}  # similarity alone
 
 
 def grid_search(queries: list[Query], level1) -> tuple[dict, dict, list]:
-    """Weights tuned on these (dev) queries, level by level: checkpoint_popularity for checkpoint MRR (it is level
-    1's only weight; ties go to the best adapter objective it allows), then adapter_popularity and co_usage for the
-    adapter objective given it: the mean of adapter MRR and content MRR, so that weights which only promote the
-    detail tweakers every image uses (high adapter MRR, no content found) do not win. level1(query index, checkpoint_popularity) gives (top checkpoints, level-2 inputs) as
+    """Weights tuned on these (dev) queries, level by level: level 1's weights for checkpoint MRR (ties go to the
+    best adapter objective they allow), then level 2's for the adapter objective given them: the mean of adapter
+    MRR and content MRR, so that weights which only promote the detail tweakers every image uses (high adapter MRR,
+    no content found) do not win. level1(query index, level-1 weights) gives (top checkpoints, level-2 inputs) as
     rank_checkpoints does. Returns the weights, their dev summary, and every (weights, summary) tried."""
     results = []
-    for checkpoint_popularity in GRID["checkpoint_popularity"]:
-        ranked = [level1(index, checkpoint_popularity) for index in range(len(queries))]
-        for adapter_popularity, co_usage in itertools.product(GRID["adapter_popularity"], GRID["co_usage"]):
-            weights = {"checkpoint_popularity": checkpoint_popularity, "adapter_popularity": adapter_popularity,
-                       "co_usage": co_usage}
+    for first in itertools.product(*(GRID[name] for name in LEVEL1)):
+        ranked = [level1(index, *first) for index in range(len(queries))]
+        for second in itertools.product(*(GRID[name] for name in LEVEL2)):
             system = System("grid")
             for query, (checkpoints, level2) in zip(queries, ranked, strict=True):
-                system.add(query, rank_adapters(level2, adapter_popularity, co_usage), checkpoints)
-            results.append((weights, system.summary()))
+                system.add(query, rank_adapters(level2, *second), checkpoints)
+            results.append((dict(zip(LEVEL1 + LEVEL2, first + second)), system.summary()))
+
+    def level1_weights(weights: dict) -> tuple:
+        return tuple(weights[name] for name in LEVEL1)
 
     def mrr(summary: dict, level: str) -> float:
         return summary[level]["mrr"] or 0.0
 
-    best_cp = max(GRID["checkpoint_popularity"], key=lambda cp: (
-        max(mrr(s, "checkpoints") for w, s in results if w["checkpoint_popularity"] == cp),
-        max(adapter_objective(s) for w, s in results if w["checkpoint_popularity"] == cp), -cp))
-    given = [(w, s) for w, s in results if w["checkpoint_popularity"] == best_cp]
-    given.sort(key=lambda r: (-adapter_objective(r[1]), r[0]["adapter_popularity"], r[0]["co_usage"]))
+    best_first = max({level1_weights(w) for w, _ in results}, key=lambda first: (
+        max(mrr(s, "checkpoints") for w, s in results if level1_weights(w) == first),
+        max(adapter_objective(s) for w, s in results if level1_weights(w) == first), tuple(-x for x in first)))
+    given = [(w, s) for w, s in results if level1_weights(w) == best_first]
+    given.sort(key=lambda r: (-adapter_objective(r[1]), *(r[0][name] for name in LEVEL2)))
     return given[0][0], given[0][1], results
 
 
@@ -593,60 +604,16 @@ def adapter_objective(summary: dict) -> float:
 
 
 def grid_lines(results: list) -> list[str]:
-    """Checkpoint MRR per checkpoint_popularity, and the best adapter MRRs over the whole grid."""
-    by_cp = {}
+    """Checkpoint MRR per level-1 weights, and the best adapter objectives over the whole grid."""
+    by_first = {}
     for weights, summary in results:
-        by_cp[weights["checkpoint_popularity"]] = summary["checkpoints"]["mrr"] or 0.0
+        by_first[tuple(weights[name] for name in LEVEL1)] = summary["checkpoints"]["mrr"] or 0.0
+    best_first = sorted(by_first.items(), key=lambda item: -item[1])[:6]
     top = sorted(results, key=lambda r: -adapter_objective(r[1]))[:4]
-    return ["checkpoint MRR by checkpoint_popularity: " + ", ".join(f"{cp:g}: {m:.3f}" for cp, m in by_cp.items()),
-            "best adapter objective = mean of adapter and content MRR (cp, ap, co): " + "; ".join(
+    return [f"best checkpoint MRR by {LEVEL1}: " + ", ".join(f"{first}: {m:.3f}" for first, m in best_first),
+            f"best adapter objective = mean of adapter and content MRR {LEVEL1 + LEVEL2}: " + "; ".join(
                 f"{adapter_objective(s):.3f} (adapter {s['adapters']['mrr'] or 0:.3f}, content "
                 f"{s['content']['mrr'] or 0:.3f}) {tuple(w.values())}" for w, s in top)]
-
-
-class Exhaustive:
-    """The SQL's scoring over EVERY embedded version instead of the HNSW pool of the 200 most similar: what the
-    evidence weights could do if the candidate pool held the popular and co-used adapters too (offline diagnostic)."""
-
-    def __init__(self, engine: Engine, space: str, catalogue: dict, links: dict) -> None:
-        served, self.links = catalogue["served"], links
-        rows: dict[str, list] = {"checkpoint": [], "adapter": []}
-        with engine.connect() as conn:
-            for version_id, role, emb in conn.execute(text(
-                    "SELECT version_id, role, emb::text FROM embeddings WHERE space = :space ORDER BY version_id"),
-                    {"space": space}):
-                if version_id in served:
-                    rows[role].append((version_id, np.array(emb[1:-1].split(","), dtype=np.float32)))
-        self.levels = {}
-        for role, items in rows.items():
-            ids = np.array([v for v, _ in items], dtype=np.int64)
-            self.levels[role] = (ids, np.stack([e for _, e in items]),
-                                 np.array([popularity(served[v].version_download_count) for v in ids]),
-                                 np.array([served[v].base_model_family for v in ids], dtype=object))
-        self._co: dict[int, np.ndarray] = {}
-
-    def similarities(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.levels["checkpoint"][1] @ vector, self.levels["adapter"][1] @ vector
-
-    def co_feature(self, checkpoint: int) -> np.ndarray:
-        if checkpoint not in self._co:
-            co = self.links.get(checkpoint, {})
-            self._co[checkpoint] = np.array([co.get(int(v), 0.0) for v in self.levels["adapter"][0]])
-        return self._co[checkpoint]
-
-    def rank_checkpoints(self, sims: tuple, checkpoint_popularity: float) -> tuple[list[int], tuple]:
-        ck_ids, _, ck_pop, ck_family = self.levels["checkpoint"]
-        ad_ids, _, ad_pop, ad_family = self.levels["adapter"]
-        order = top_k(ck_ids, sims[0] + checkpoint_popularity * ck_pop)
-        top = int(order[0])
-        keep = ad_family == ck_family[top]
-        return ([int(ck_ids[i]) for i in order],
-                (ad_ids[keep], sims[1][keep], ad_pop[keep], self.co_feature(int(ck_ids[top]))[keep]))
-
-    def rank(self, sims: tuple, checkpoint_popularity: float, adapter_popularity: float,
-             co_usage: float) -> tuple[list[int], list[int]]:
-        checkpoints, level2 = self.rank_checkpoints(sims, checkpoint_popularity)
-        return rank_adapters(level2, adapter_popularity, co_usage), checkpoints
 
 
 def most_used_adapters(engine: Engine, n: int) -> set[int]:
@@ -742,8 +709,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         for q in queries:
             if q.checkpoints:
                 zoo_same.add(q, zoo_ranked[q.qid][0], None)
-        no_evidence = with_weights(retriever, checkpoint_popularity=0.0, adapter_popularity=0.0, co_usage=0.0)
-        run_zoo(no_evidence, queries, semantic)
+        run_zoo(with_weights(retriever, **NO_EVIDENCE), queries, semantic)
         run_oracle(retriever, queries, oracle, families)
         bm25 = System("bm25")
         bm25_diff = run_bm25(catalogue, queries, bm25)
@@ -752,15 +718,10 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         for q in queries:
             popular.add(q, top_adapters, top_checkpoints)
         links = load_co_usage(engine)
-        exhaustive = Exhaustive(engine, retriever.space, catalogue, links)
-        sims = {q.qid: exhaustive.similarities(retriever.query_vector(q.query)) for q in queries}
-        uncapped = System("zoo scoring, no pool cap")
-        for q in queries:
-            uncapped.add(q, *exhaustive.rank(sims[q.qid], **defaults))
         grid = None
         if not args.no_grid and dev and test:
             pools = fetch_pools(retriever, dev)
-            level2 = [rank_checkpoints(pool, links, defaults["checkpoint_popularity"])[1][0] for pool in pools]
+            level2 = [rank_checkpoints(pool, links, *(defaults[name] for name in LEVEL1))[1][0] for pool in pools]
             coverage = {
                 "level-2 pool holds an answer": np.mean([bool(q.adapters & set(ids.tolist()))
                                                          for q, ids in zip(dev, level2)]),
@@ -774,17 +735,10 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
                 real = retriever.search(pool.query.query, top_k=TOP, top_checkpoints=TOP)
                 agree += adapters == [h.version_id for h in real.adapters] and \
                     checkpoints == [h.version_id for h in real.checkpoints]
-            best, best_dev, ranking = grid_search(dev, lambda i, cp: rank_checkpoints(pools[i], links, cp))
+            best, best_dev, ranking = grid_search(dev, lambda i, *first: rank_checkpoints(pools[i], links, *first))
             default_test, tuned_test = System("test default"), System("test tuned")
             run_zoo(retriever, test, default_test)
             run_zoo(with_weights(retriever, **best), test, tuned_test)
-            # The same grid without the pool cap (offline, every embedded version scored).
-            free_best, free_best_dev, free_ranking = grid_search(
-                dev, lambda i, cp: exhaustive.rank_checkpoints(sims[dev[i].qid], cp))
-            free_default_test, free_tuned_test = System("free default"), System("free tuned")
-            for q in test:
-                free_default_test.add(q, *exhaustive.rank(sims[q.qid], **defaults))
-                free_tuned_test.add(q, *exhaustive.rank(sims[q.qid], **free_best))
             grid = True
     seconds = time.perf_counter() - started
 
@@ -795,48 +749,36 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
                     ("zoo semantic only (evidence weights 0)", semantic.summary()),
                     ("bm25 (embedding_text)", bm25.summary()),
                     ("popularity (global downloads)", popular.summary()),
-                    ("zoo, true checkpoint given (oracle level 1)", oracle.summary()),
-                    ("zoo scoring, every version (no HNSW pool)", uncapped.summary())])
+                    ("zoo, true checkpoint given (oracle level 1)", oracle.summary())])
     print(f"(on the oracle's {oracle.adapters.n} queries the zoo with its own level 1 has adapter hit@10 "
           f"{fmt(zoo_same.adapters.summary()['hit_at_10'])}, MRR {fmt(zoo_same.adapters.summary()['mrr'])})")
-    print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e}; the last row "
-          f"re-scores every embedded version offline with the SQL's formula and default weights)")
+    print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e})")
     output = {"bench": "retrieval_quality", "queries": len(queries), "seed": args.seed,
               "zoo": headline(zoo), "zoo_semantic": headline(semantic), "bm25": headline(bm25),
               "popularity": headline(popular), "oracle_checkpoint": headline(oracle),
-              "zoo_on_oracle_queries": headline(zoo_same), "no_pool_cap": headline(uncapped),
+              "zoo_on_oracle_queries": headline(zoo_same),
               "checkpoints": {"queries": zoo.checkpoints.n, "zoo": short(zoo.checkpoints.summary()),
                               "zoo_semantic": short(semantic.checkpoints.summary()),
                               "bm25": short(bm25.checkpoints.summary()),
-                              "popularity": short(popular.checkpoints.summary()),
-                              "no_pool_cap": short(uncapped.checkpoints.summary())},
+                              "popularity": short(popular.checkpoints.summary())},
               "default_weights": defaults}
     if grid:
-        order = "(checkpoint_popularity, adapter_popularity, co_usage)"
         print()
-        print(f"weight grid {order} tuned on the dev half ({len(dev)} queries; checkpoint_popularity for checkpoint "
-              f"MRR, then the adapter weights for adapter MRR), reported on the test half ({len(test)} queries); "
-              f"default {tuple(defaults.values())}")
+        print(f"weight grid {LEVEL1 + LEVEL2} tuned on the dev half ({len(dev)} queries; level 1's weights for "
+              f"checkpoint MRR, then level 2's for the adapter objective), reported on the test half ({len(test)} "
+              f"queries); default {tuple(defaults[name] for name in LEVEL1 + LEVEL2)}")
         print(f"with the SQL's candidate pools: offline re-scoring reproduces Retriever.search's top-10 lists on "
               f"{agree}/{len(pools)} dev queries; " + "; ".join(f"{k} {v:.1%}" for k, v in coverage.items()))
         for line in grid_lines(ranking):
-            print("  " + line)
-        print("without the pool cap (every embedded version scored):")
-        for line in grid_lines(free_ranking):
             print("  " + line)
         print_table("dev/test", [
             ("dev: default weights (offline, pool)", check.summary()),
             (f"dev: best {tuple(best.values())} (offline, pool)", best_dev),
             ("test: default weights (Retriever)", default_test.summary()),
-            (f"test: dev-tuned {tuple(best.values())} (Retriever)", tuned_test.summary()),
-            (f"dev: best {tuple(free_best.values())} (no pool cap)", free_best_dev),
-            ("test: default weights (no pool cap)", free_default_test.summary()),
-            (f"test: dev-tuned {tuple(free_best.values())} (no pool cap)", free_tuned_test.summary())])
+            (f"test: dev-tuned {tuple(best.values())} (Retriever)", tuned_test.summary())])
         output.update({
             "best_weights": best, "pool_coverage": {k: round(float(v), 4) for k, v in coverage.items()},
-            "test": {"queries": len(test), "default": default_test.summary(), "tuned": tuned_test.summary()},
-            "best_weights_no_pool_cap": free_best,
-            "test_no_pool_cap": {"default": free_default_test.summary(), "tuned": free_tuned_test.summary()}})
+            "test": {"queries": len(test), "default": default_test.summary(), "tuned": tuned_test.summary()}})
     output["seconds"] = round(seconds, 1)
     print(json.dumps(output))
 

@@ -5,8 +5,9 @@ Builds synthetic clustered zoos (db/synthetic.py) at the real dump's size and at
 does, builds the partial HNSW indexes (timed), then times the two-level query of `Retriever.search` (level 1:
 checkpoints; level 2: adapters of the top checkpoint's base-model family) with query vectors given directly, and
 scores recall@10 of each level against exact search over the same vectors with the same restrictions (level 2: the
-family of the checkpoint that method chose). Weights are pure similarity, so recall against exact search is
-meaningful. Peers on the same vectors and queries, in this process: exact numpy search (matrix product +
+family of the checkpoint that method chose). The synthetic texts hold Zipf-distributed words and each query carries
+eight such words, so the lexical part (BM25 scoring, candidates holding the rarest words) does its real work; the
+weights are pure similarity, so recall against exact search is meaningful. Peers on the same vectors and queries, in this process: exact numpy search (matrix product +
 argpartition, one matrix per restriction) and FAISS HNSW (one index per restriction, efSearch = pgvector's
 ef_search). A "postgres floor" row times the same round trips with no search in them (one autocommit statement
 carrying the vector literal per level). Methods are interleaved query by query (rotating order) and run single-
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import inspect
 import json
 import sys
@@ -35,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TOP_K = 10
+QUERY_WORDS = 8
 SCALES = ("real", "paper")
 
 
@@ -162,17 +165,27 @@ class FaissHNSW:
         return Method(name, level1, level2, self.exact.family_of)
 
 
+def query_words(q: np.ndarray) -> str:
+    """The words a query vector stands for: drawn like the zoo's texts, seeded by the vector (so each method gets
+    the same words for the same query)."""
+    from db.synthetic import synthetic_words
+
+    seed = int.from_bytes(hashlib.blake2b(q.tobytes(), digest_size=8).digest(), "little")
+    return synthetic_words(np.random.default_rng(seed), QUERY_WORDS)
+
+
 def pg_method(retriever, name: str) -> Method:
-    """The Retriever's own two round trips: level 1 top-10 checkpoints, level 2 for the first of them."""
+    """The Retriever's own two round trips: level 1 top-10 checkpoints, level 2 for the first of them, each with
+    the query's words (BM25 and its candidates; the lexical weights are 0, so recall is comparable)."""
     last: dict = {}
 
     def level1(q: np.ndarray) -> list[int]:
-        hits = retriever.checkpoints(q, TOP_K)
+        hits = retriever.checkpoints(q, TOP_K, words=query_words(q))
         last["hit"] = hits[0] if hits else None
         return [hit.version_id for hit in hits]
 
     def level2(q: np.ndarray, family: str) -> list[int]:
-        return [hit.version_id for hit in retriever.adapters(q, last["hit"], TOP_K)]
+        return [hit.version_id for hit in retriever.adapters(q, last["hit"], TOP_K, words=query_words(q))]
 
     return Method(name, level1, level2, lambda checkpoints: last["hit"].base_model_family)
 
@@ -300,7 +313,8 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
 
     if engine is not None:
         methods.append(pg_floor(engine, exact))
-        weights = Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0)
+        weights = Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0, checkpoint_lexical=0,
+                          adapter_lexical=0)
         for ef in args.ef:
             # the Retriever keeps ef_search >= candidate_pool, and a pgvector 0.6 index scan returns at most
             # ef_search rows: below the default pool the pool shrinks with ef
