@@ -25,6 +25,7 @@ from typing import Any
 
 from serving.pipelines import LoraUse, PipelineManager, a1111_sampler_name, file_sha256, seeded_generator
 from serving.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
+from serving.prompt_syntax import encode_prompts
 
 __all__ = ["GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
 
@@ -56,24 +57,6 @@ def _sha256_of(path: str | Path) -> str:
     return _SHA_CACHE[key]
 
 
-def _clip_skip_embeds(pipe, prompt: str, negative: str, clip_skip: int) -> dict[str, Any]:
-    """Prompt embeddings from the CLIP layer `clip_skip` counts back (A1111's meaning: 2 = the penultimate layer),
-    final layer norm applied, for the prompt AND the negative prompt as A1111 does. (diffusers 0.42's own
-    `clip_skip` reaches for `text_encoder.text_model`, which transformers 5's flattened CLIPTextModel lacks.)"""
-    import torch
-
-    te, tok = pipe.text_encoder, pipe.tokenizer
-    final_norm = te.text_model.final_layer_norm if hasattr(te, "text_model") else te.final_layer_norm
-
-    def embed(text: str):
-        ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            out = te(ids.input_ids.to(te.device), output_hidden_states=True)
-            return final_norm(out.hidden_states[-clip_skip]).to(te.dtype)
-
-    return {"prompt": None, "negative_prompt": None, "prompt_embeds": embed(prompt), "negative_prompt_embeds": embed(negative)}
-
-
 def generate(
     manager: PipelineManager,
     *,
@@ -94,8 +77,9 @@ def generate(
     mask_image: Any = None,
     strength: float = 0.75,
 ) -> GenerationResult:
-    """One image. `seed` -1 or None draws a random seed (reported in the result and the PNG parameters).
-    `clip_skip` counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
+    """One image. `seed` -1 or None draws a random seed (reported in the result and the PNG parameters). The
+    prompts are read as A1111 reads them (emphasis, BREAK, any length: serving/prompt_syntax.py); `clip_skip`
+    counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
     `serving.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
     sampler string ('DPM++ 2M Karras')."""
     if steps < 1:
@@ -123,14 +107,11 @@ def generate(
         pipe = manager.variant(entry, kind)
         pipe.scheduler = manager.scheduler(entry, scheduler)
         call: dict[str, Any] = {
-            "prompt": clean_prompt,
-            "negative_prompt": clean_negative or None,
+            **encode_prompts(pipe, clean_prompt, clean_negative, clip_skip),
             "num_inference_steps": int(steps),
             "guidance_scale": float(cfg),
             "generator": seeded_generator(seed),
         }
-        if clip_skip and clip_skip > 1:
-            call.update(_clip_skip_embeds(pipe, clean_prompt, clean_negative, clip_skip))
         if kind == "txt2img":
             call.update(height=int(height), width=int(width))
         else:

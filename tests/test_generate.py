@@ -225,15 +225,50 @@ def test_clip_skip_counts_as_a1111(manager, tiny):
     assert "Clip skip: 2" in skip2.parameters_text
 
 
-def test_clip_skip_embeddings_index_the_right_layer(manager, tiny):
-    from serving.generate import _clip_skip_embeds
+def test_plain_prompts_encode_as_diffusers_does(manager, tiny):
+    from serving.prompt_syntax import encode_prompts
 
     entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
     manager.set_loras(entry, [])
-    ours = _clip_skip_embeds(entry.pipe, "a cat", "blurry", 1)
+    ours = encode_prompts(entry.pipe, "a cat", "blurry", clip_skip=1)
     ref_pos, ref_neg = entry.pipe.encode_prompt("a cat", "cpu", 1, True, "blurry")
     assert torch.allclose(ours["prompt_embeds"], ref_pos, atol=1e-6)
     assert torch.allclose(ours["negative_prompt_embeds"], ref_neg, atol=1e-6)
+
+
+def test_emphasis_weighs_the_embeddings(manager, tiny):
+    from serving.prompt_syntax import encode_prompts, final_layer_norm
+
+    entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
+    manager.set_loras(entry, [])
+    norm = final_layer_norm(entry.pipe.text_encoder)
+    plain = encode_prompts(entry.pipe, "a cat on a mat", "")["prompt_embeds"]
+    assert torch.equal(encode_prompts(entry.pipe, "a (cat:1.0) on a mat", "")["prompt_embeds"], plain)
+    stressed = encode_prompts(entry.pipe, "a (cat:1.5) on a mat", "")["prompt_embeds"]
+    assert torch.isfinite(stressed).all() and not torch.allclose(stressed, plain, atol=1e-4)
+    original_bias = norm.bias.detach().clone()
+    try:
+        with torch.no_grad():  # a random encoder's layer norm has no bias, so its outputs average 0; CLIP's do not
+            norm.bias.fill_(0.25)
+        plain = encode_prompts(entry.pipe, "a cat on a mat", "")["prompt_embeds"]
+        stressed = encode_prompts(entry.pipe, "a (cat:1.5) on a mat", "")["prompt_embeds"]
+    finally:
+        with torch.no_grad():
+            norm.bias.copy_(original_bias)
+    assert not torch.allclose(stressed, plain, atol=1e-4)
+    assert torch.allclose(stressed[0, :77].mean(), plain[0, :77].mean(), rtol=1e-5)  # A1111 keeps each chunk's mean
+
+
+def test_a_prompt_past_77_tokens_is_read_to_its_end(manager, tiny):
+    from serving.prompt_syntax import encode_prompts
+
+    head = ", ".join(["a watercolor castle on a hill"] * 14)  # about 90 tokens
+    entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
+    manager.set_loras(entry, [])
+    embeds = encode_prompts(entry.pipe, head, "blurry")
+    assert embeds["prompt_embeds"].shape[1] == embeds["negative_prompt_embeds"].shape[1] == 2 * 77
+    red, blue = pixels(run(manager, tiny, prompt=head + ", red sky")), pixels(run(manager, tiny, prompt=head + ", blue sea"))
+    assert not np.array_equal(red, blue)  # cut at 77 tokens, both would be the same image
 
 
 def test_a_lora_that_does_not_fit_is_refused_and_leaves_the_pipeline_clean(manager, tiny, tmp_path):

@@ -1,0 +1,170 @@
+"""A1111 prompt syntax for the text encoder: emphasis weights, BREAK, and prompts longer than CLIP's 77 tokens.
+
+Prompts pasted from Civitai are written for AUTOMATIC1111's web UI: `(word)` means x1.1, `[word]` /1.1,
+`(word:1.3)` x1.3, `\\(` a literal bracket, `BREAK` starts a new chunk, and a prompt runs past 75 tokens in 75-token
+chunks, each encoded separately with its own start and end token and the results concatenated. Plain diffusers reads
+the brackets as text and cuts the prompt at 77 tokens, so the same prompt gives another image; this module encodes
+as A1111 does (its `parse_prompt_attention` and chunking, comma backtracking included) for SD 1.x pipelines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+CHUNK_TOKENS = 75  # CLIP's 77 minus the start and end tokens
+COMMA_BACKTRACK = 20  # a chunk that fills up ends after its last comma when that comma is this close to the end
+ROUND_BRACKET, SQUARE_BRACKET = 1.1, 1 / 1.1
+BREAK = "BREAK"
+MEAN_FLOOR = 1e-4  # relative to the mean magnitude: below it a chunk's mean counts as 0 (no rescaling)
+
+_ATTENTION = re.compile(r"""
+\\\(|\\\)|\\\[|\\]|\\\\|\\|    # escaped brackets and backslashes: literal text
+\(|\[|                          # an opening bracket
+:\s*([+-]?[.\d]+)\s*\)|         # an explicit weight that closes a round bracket
+\)|]|                           # a closing bracket
+[^\\()\[\]:]+|                  # plain text
+:                               # a colon that is not a weight
+""", re.X)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def parse_attention(text: str) -> list[tuple[str, float]]:
+    """(text, weight) runs of a prompt, as A1111 parses them; a BREAK is the run (BREAK, -1). Unbalanced brackets
+    weigh to the end of the prompt; neighbouring runs of equal weight are merged."""
+    runs: list[list] = []
+    round_open: list[int] = []
+    square_open: list[int] = []
+
+    def multiply_from(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _ATTENTION.finditer(text):
+        piece, weight = match.group(0), match.group(1)
+        if piece.startswith("\\"):
+            runs.append([piece[1:], 1.0])
+        elif piece == "(":
+            round_open.append(len(runs))
+        elif piece == "[":
+            square_open.append(len(runs))
+        elif weight is not None and round_open:
+            multiply_from(round_open.pop(), float(weight))
+        elif piece == ")" and round_open:
+            multiply_from(round_open.pop(), ROUND_BRACKET)
+        elif piece == "]" and square_open:
+            multiply_from(square_open.pop(), SQUARE_BRACKET)
+        else:
+            for i, part in enumerate(_BREAK.split(piece)):
+                if i:
+                    runs.append([BREAK, -1.0])
+                runs.append([part, 1.0])
+    for start in round_open:
+        multiply_from(start, ROUND_BRACKET)
+    for start in square_open:
+        multiply_from(start, SQUARE_BRACKET)
+    if not runs:
+        runs = [["", 1.0]]
+    merged = [runs[0]]
+    for run in runs[1:]:
+        if run[1] == merged[-1][1]:
+            merged[-1][0] += run[0]
+        else:
+            merged.append(run)
+    return [(text_, weight) for text_, weight in merged]
+
+
+def _is_break(piece: str, weight: float) -> bool:
+    return piece == BREAK and weight == -1.0
+
+
+@dataclass
+class Chunk:
+    """77 token ids (start, 75 of the prompt or padding, end) and one weight per token."""
+
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+def chunk_prompt(tokenizer: Any, text: str) -> list[Chunk]:
+    """The prompt's tokens in 75-token chunks with their weights, closed with start/end tokens and padded with the
+    end token (A1111's tokenize_line without textual-inversion embeddings). A chunk that fills up is cut after its
+    last comma when that comma is at most COMMA_BACKTRACK tokens back, so a phrase is not split across chunks."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    comma = None if comma == tokenizer.unk_token_id else comma  # a vocabulary without CLIP's comma token
+    runs = parse_attention(text)
+    pieces = [piece for piece, weight in runs if not _is_break(piece, weight)]
+    token_lists = iter(tokenizer(pieces, add_special_tokens=False, truncation=False)["input_ids"] if pieces else [])
+    chunks: list[Chunk] = []
+    current = Chunk()
+    last_comma = -1
+
+    def close(chunk: Chunk) -> None:
+        padding = CHUNK_TOKENS - len(chunk.tokens)
+        chunks.append(Chunk([tokenizer.bos_token_id, *chunk.tokens, *[tokenizer.eos_token_id] * padding,
+                             tokenizer.eos_token_id], [1.0, *chunk.weights, *[1.0] * padding, 1.0]))
+
+    for piece, weight in runs:
+        if _is_break(piece, weight):
+            close(current)
+            current, last_comma = Chunk(), -1
+            continue
+        for token in next(token_lists):
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif (len(current.tokens) == CHUNK_TOKENS and last_comma != -1
+                  and len(current.tokens) - last_comma <= COMMA_BACKTRACK):
+                cut = last_comma + 1
+                moved = Chunk(current.tokens[cut:], current.weights[cut:])
+                close(Chunk(current.tokens[:cut], current.weights[:cut]))
+                current, last_comma = moved, -1
+            if len(current.tokens) == CHUNK_TOKENS:
+                close(current)
+                current, last_comma = Chunk(), -1
+            current.tokens.append(token)
+            current.weights.append(weight)
+    if current.tokens or not chunks:
+        close(current)
+    return chunks
+
+
+def final_layer_norm(encoder: Any) -> Any:
+    """The CLIP text encoder's last layer norm (transformers 5 flattened CLIPTextModel: no `text_model` level)."""
+    return encoder.text_model.final_layer_norm if hasattr(encoder, "text_model") else encoder.final_layer_norm
+
+
+def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict[str, Any]:
+    """`prompt_embeds` and `negative_prompt_embeds` for a diffusers SD 1.x pipeline call: each chunk encoded by the
+    pipeline's text encoder (with its LoRA layers) from the layer `clip_skip` counts back (A1111's meaning: 2 = the
+    penultimate, final layer norm applied), scaled by its token weights with the chunk's mean kept, chunks
+    concatenated; the shorter prompt is padded with encoded empty chunks so both have the same length."""
+    import torch
+
+    encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+    final_norm = final_layer_norm(encoder)
+    skip = clip_skip if clip_skip and clip_skip > 1 else 1
+
+    def encode(chunks: list[Chunk]):
+        ids = torch.tensor([chunk.tokens for chunk in chunks], device=encoder.device)
+        weights = torch.tensor([chunk.weights for chunk in chunks], device=encoder.device)
+        with torch.no_grad():
+            if skip == 1:
+                hidden = encoder(ids)[0]
+            else:
+                hidden = final_norm(encoder(ids, output_hidden_states=True).hidden_states[-skip])
+            weighted = hidden * weights.unsqueeze(-1).to(hidden.dtype)
+            mean, new_mean = hidden.mean(dim=(1, 2), keepdim=True), weighted.mean(dim=(1, 2), keepdim=True)
+            # A1111 rescales to the unweighted mean; a mean of about 0 (a final layer norm without bias, as in
+            # random test encoders) would make that 0/0, so such a chunk keeps its weighted values.
+            meaningful = new_mean.abs() > MEAN_FLOOR * hidden.abs().mean(dim=(1, 2), keepdim=True)
+            weighted = weighted * torch.where(meaningful, mean / torch.where(meaningful, new_mean, 1.0), 1.0)
+        return weighted.reshape(1, -1, hidden.shape[-1]).to(encoder.dtype)
+
+    positive, negative = chunk_prompt(tokenizer, prompt), chunk_prompt(tokenizer, negative_prompt)
+    empty = chunk_prompt(tokenizer, "")[0]
+    longest = max(len(positive), len(negative))
+    positive += [empty] * (longest - len(positive))
+    negative += [empty] * (longest - len(negative))
+    return {"prompt": None, "negative_prompt": None, "prompt_embeds": encode(positive),
+            "negative_prompt_embeds": encode(negative)}
