@@ -1,11 +1,13 @@
 """Two-level retrieval: the best checkpoints for a query, then adapters compatible with the chosen one.
 
 Each level is one SQL round trip. Its candidate pool is the space's partial HNSW index (inner product on
-[text || image]) walked by similarity, plus the most downloaded versions and, for adapters, those most used with the
-chosen checkpoint; the pool is then scored by similarity and usage evidence. Semantic similarity alone finds few
-right answers on real data (bench/retrieval_quality.py), the version's downloads are the strongest single signal,
-and co-usage with the chosen checkpoint helps adapters as a boost (a hard filter on it throws most right answers
-away); the only hard filter is base-model family.
+[text || image]) walked by similarity, plus the most downloaded versions, the versions whose texts hold the query's
+rarest words and, for adapters, those most used with the chosen checkpoint; the pool is then scored by similarity,
+usage evidence and BM25 of the query's words. Semantic similarity alone finds few right answers on real data
+(bench/retrieval_quality.py), the version's downloads are the strongest single signal, the prompt's literal words
+find the adapters that popularity cannot (characters, objects, named styles), and co-usage with the chosen
+checkpoint helps adapters as a boost (a hard filter on it throws most right answers away); the only hard filter is
+base-model family.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class Weights:
 
     text: float = 1.0
     image: float = 1.0
-    # From bench/retrieval_quality.py's 2023-dump queries (lite preset): usage evidence outweighs MiniLM
-    # similarity there. The dev-half grid's best values (4.0 and 8.0) let popularity override what a prompt asks
-    # for ("realistic" -> a pixel-art checkpoint; a sweater prompt -> generic adapters, tests/test_retrieval.py);
-    # half of each keeps those answers and most of the gain (README, Benchmarks).
+    # From bench/retrieval_quality.py's 2023-dump queries (lite preset): usage evidence and the prompt's words
+    # outweigh MiniLM similarity there. The dev-half grid's best popularity weights (4.0 and 8.0) let popularity
+    # override what a prompt asks for ("realistic" -> a pixel-art checkpoint, tests/test_retrieval.py) and lose
+    # most "content" answers on the test half; half of each keeps them (README, Benchmarks).
     checkpoint_popularity: float = 2.0
     adapter_popularity: float = 4.0
     co_usage: float = 2.0
