@@ -217,7 +217,7 @@ def pg_index_check(retriever, space: str, q: np.ndarray) -> dict[str, bool]:
     when it has one)."""
     from sqlalchemy import text
 
-    from db.vectors import hnsw_index_name
+    from db.vectors import FAMILY, hnsw_index_name
     from serving.retrieval import FAMILY_INDEX
 
     checkpoint = retriever.checkpoints(q, 1)[0]
@@ -225,7 +225,8 @@ def pg_index_check(retriever, space: str, q: np.ndarray) -> dict[str, bool]:
     used = {}
     for role, name, (sql, params) in (
             ("checkpoint", hnsw_index_name(space, "checkpoint"), retriever.checkpoint_query(q, TOP_K)),
-            ("adapter", hnsw_index_name(space, "adapter", family), retriever.adapter_query(q, checkpoint, TOP_K))):
+            ("adapter", hnsw_index_name(space, FAMILY if family else "adapter", family),
+             retriever.adapter_query(q, checkpoint, TOP_K))):
         with retriever.engine.begin() as conn:
             plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
         used[role] = name in plan

@@ -92,9 +92,12 @@ def sync_families(conn: Connection) -> int:
 _MAX_NAME = 63  # Postgres cuts longer identifiers, and a cut name no longer matches the one looked for
 
 
+FAMILY = "family"  # the scope of a family's own index (its versions of every role; level 2 drops checkpoints)
+
+
 def hnsw_index_name(space: str, role: str, family: str | None = None) -> str:
-    """The partial index of a space and role, or of one base-model family's adapters in it: readable slugs cut to
-    fit Postgres's 63 characters, and a digest of the whole scope that keeps cut names apart."""
+    """The partial index of a space and role (checkpoint, adapter), or of one base-model family in it (role FAMILY):
+    readable slugs cut to fit Postgres's 63 characters, and a digest of the whole scope that keeps cut names apart."""
     scope = role if family is None else f"{role}/{family}"
     digest = hashlib.blake2b(f"{space}/{scope}".encode(), digest_size=4).hexdigest()
     family_slug = "" if family is None else "_" + (re.sub(r"[^a-z0-9]+", "_", family.lower()).strip("_")[:8] or "f")
@@ -117,19 +120,27 @@ FAMILY_INDEX_MIN_VECTORS = 2000
 def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Sequence[str] = ("checkpoint", "adapter"),
                         m: int = 16, ef_construction: int = 64,
                         family_min_vectors: int = FAMILY_INDEX_MIN_VECTORS) -> list[str]:
-    """Partial HNSW indexes (inner product) per space and role, and per large base-model family of the space's
-    adapters; built with maintenance_work_mem raised (a build is several times slower with the 64 MB default).
-    Returns the indexes created now."""
+    """Partial HNSW indexes (inner product) per space and role, and per base-model family with many adapters;
+    built with maintenance_work_mem raised (a build is several times slower with the 64 MB default). A family's
+    index is defined by space and family alone, so the shared adapter index can never stand in for it (when both
+    could serve, the planner sometimes took the shared one and post-filtered); family indexes no longer wanted
+    (a family that shrank, or built under older rules) are dropped. Returns the indexes created now."""
     if not 0 < dimension <= HNSW_MAX_DIMENSIONS:
         raise ValueError(f"pgvector 0.6 indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, space {space!r} has {dimension}")
     created = []
     with engine.begin() as conn:
-        existing = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")).scalars())
+        existing = dict(conn.execute(text(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'embeddings'")).all())
         conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
         wanted = [(role, None, f"role = {sql_literal(role)}") for role in roles]
         if "adapter" in roles:
-            wanted += [("adapter", family, f"role = 'adapter' AND base_model_family = {sql_literal(family)}")
+            wanted += [(FAMILY, family, f"base_model_family = {sql_literal(family)}")
                        for family in indexed_families(conn, space, family_min_vectors)]
+            wanted_names = {hnsw_index_name(space, role, family) for role, family, _ in wanted}
+            for name, definition in existing.items():
+                if (name.startswith(HNSW_INDEX_PREFIX) and name not in wanted_names and "base_model_family" in definition
+                        and f"space = {sql_literal(space)}::text" in definition):
+                    driver_cursor(conn).execute(f"DROP INDEX {name}")
         for role, family, predicate in wanted:
             name = hnsw_index_name(space, role, family)
             if name in existing:

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from db.lexicon import TEXT_SEARCH_CONFIG
-from db.vectors import hnsw_index_name, sql_literal
+from db.vectors import FAMILY, hnsw_index_name, sql_literal
 from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
@@ -188,7 +188,7 @@ class Retriever:
                 indexes = set(conn.execute(text(
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")).scalars())
                 self._family_indexes = {family for family in self._family_counts
-                                        if hnsw_index_name(self.space, "adapter", family) in indexes}
+                                        if hnsw_index_name(self.space, FAMILY, family) in indexes}
         return self._family_counts
 
     def popular(self, role: str, family: str | None = None) -> list[int]:
@@ -215,8 +215,8 @@ class Retriever:
         space, role_sql = sql_literal(self.space), sql_literal(role)
         distance = f"e.emb::vector({self.dimension}) <#> CAST(:q AS vector({self.dimension}))"
         where = f"e.space = {space} AND e.role = {role_sql}"
-        if plan == FAMILY_INDEX:
-            where += f" AND e.base_model_family = {sql_literal(family)}"  # a constant: the index's predicate
+        if plan == FAMILY_INDEX:  # constants: the family index's predicate; its checkpoints are dropped after the walk
+            where = f"e.space = {space} AND e.base_model_family = {sql_literal(family)} AND e.role <> 'checkpoint'"
         elif plan == EXACT:
             where += " AND e.base_model_family = :family"
         order = f"({distance}) + 0" if plan == EXACT else distance

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from db.synthetic import SyntheticSpace, create_synthetic_zoo
-from db.vectors import ensure_hnsw_indexes, hnsw_index_name, sync_families
+from db.vectors import FAMILY, ensure_hnsw_indexes, hnsw_index_name, sync_families
 from serving.retrieval import EXACT, FAMILY_INDEX, WALK, Hit, Retriever, Weights
 
 SPACE = "synthetic-test|none|64+0"
@@ -48,14 +48,14 @@ def test_both_levels_walk_their_hnsw_index(synthetic) -> None:
     level1 = _plan(retriever, *retriever.checkpoint_query(q, 5))
     assert hnsw_index_name(SPACE, "checkpoint") in level1, level1
     level2 = _plan(retriever, *retriever.adapter_query(q, checkpoint, 10))
-    assert hnsw_index_name(SPACE, "adapter", checkpoint.base_model_family) in level2, level2
+    assert hnsw_index_name(SPACE, FAMILY, checkpoint.base_model_family) in level2, level2
 
 
 def test_without_a_family_index_level_2_walks_the_shared_index(synthetic, engine) -> None:
     made, retriever = synthetic
     family = retriever.checkpoints(made.centres[1], top_k=1)[0].base_model_family
     with engine.begin() as conn:
-        conn.execute(text(f"DROP INDEX {hnsw_index_name(SPACE, 'adapter', family)}"))
+        conn.execute(text(f"DROP INDEX {hnsw_index_name(SPACE, FAMILY, family)}"))
     try:
         fresh = Retriever(engine, retriever.text_encoder, weights=retriever.weights)
         checkpoint = fresh.checkpoints(made.centres[1], top_k=1)[0]
@@ -128,3 +128,22 @@ def test_popular_and_co_used_adapters_join_the_pool_whatever_their_similarity(sy
             conn.execute(text("UPDATE model_versions SET download_count = :d WHERE id = :id"),
                          {"d": downloads, "id": popular_id})
             conn.execute(text("DELETE FROM adapter_checkpoint_links WHERE adapter_version_id = :a"), {"a": co_used_id})
+
+
+def test_family_indexes_no_longer_wanted_are_dropped(synthetic, engine) -> None:
+    made, _ = synthetic
+    family = str(made.adapter_families[0])
+    old_style = hnsw_index_name(SPACE, "adapter", family)  # role and family: built before family indexes held both
+    with engine.begin() as conn:
+        conn.execute(text(
+            f"CREATE INDEX {old_style} ON embeddings USING hnsw ((emb::vector(64)) vector_ip_ops) "
+            f"WHERE space = '{SPACE}' AND role = 'adapter' AND base_model_family = '{family}'"))
+    try:
+        ensure_hnsw_indexes(engine, SPACE, 64, family_min_vectors=1000)
+        with engine.connect() as conn:
+            names = set(conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")).scalars())
+        assert old_style not in names
+        assert hnsw_index_name(SPACE, FAMILY, family) in names and hnsw_index_name(SPACE, "adapter") in names
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP INDEX IF EXISTS {old_style}"))
