@@ -115,25 +115,35 @@ _TERMS = r"""
                 JOIN lexical_corpus n ON n.space = {space} AND n.role = {role}
                 GROUP BY l.lexeme, t.documents, n.documents, n.average_length"""
 BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults (the benchmark's baseline)
-# BM25 of a candidate's stored words (e) against the query's terms, and which query words matched. Only the query's
-# lexemes are unnested: setweight marks them (stored words carry the default weight D) and ts_filter keeps them.
+# BM25 of each candidate against the query's terms, set-based: only the query's lexemes of each stored text are
+# unnested (setweight marks them, stored words carrying the default weight D, and ts_filter keeps them), then one
+# join with the terms and one aggregate for the whole pool.
 _BM25 = f"""
-                SELECT sum(t.idf * t.query_count * w.tf * {BM25_K1 + 1} / (w.tf + {BM25_K1} * (1 - {BM25_B}
-                           + {BM25_B} * e.lexical_length / greatest(t.average_length, 1.0)))) AS bm25,
-                       array_agg(t.word ORDER BY t.idf DESC, t.word) AS words
-                FROM (SELECT u.lexeme, array_length(u.positions, 1) AS tf
-                      FROM unnest(ts_filter(setweight(e.lexemes, 'A', (SELECT array_agg(lexeme) FROM terms)),
-                                            '{{a}}')) u) w
-                JOIN terms t ON t.lexeme = w.lexeme"""
+                SELECT c.version_id, sum(t.idf * t.query_count * w.tf * {BM25_K1 + 1} / (w.tf + {BM25_K1} * (1 - {BM25_B}
+                           + {BM25_B} * e.lexical_length / greatest(t.average_length, 1.0)))) AS bm25
+                FROM c JOIN embeddings e ON e.version_id = c.version_id AND e.space = {{space}}
+                CROSS JOIN LATERAL (
+                    SELECT u.lexeme, array_length(u.positions, 1) AS tf
+                    FROM unnest(ts_filter(setweight(e.lexemes, 'A', (SELECT array_agg(lexeme) FROM terms)), '{{{{a}}}}')) u
+                ) w
+                JOIN terms t ON t.lexeme = w.lexeme
+                GROUP BY c.version_id"""
+# The query's words a result's text holds, best (rarest) first: for the k results only.
+_MATCHED_WORDS = """
+        SELECT coalesce(array_agg(t.word ORDER BY t.idf DESC, t.word), '{}') AS words
+        FROM embeddings e JOIN terms t ON e.lexemes @@ CAST(t.quoted AS tsquery)
+        WHERE e.version_id = r.version_id AND e.space = :space"""
 # Candidates are scored on the plain tables first; only the top few are joined to the served view and descriptions.
 _RESULT = f"""
     SELECT s.model_id, s.version_id, s.model_name AS name, s.version_name, s.model_type AS type,
            coalesce(d.kind, CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'other' END) AS kind,
-           s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images, r.lexical, r.matched_words,
+           s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images, r.lexical,
+           mw.words AS matched_words,
            s.version_download_count AS downloads, d.trigger_words, s.trained_words,
            d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description
     FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
     LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
+    CROSS JOIN LATERAL ({_MATCHED_WORDS}) mw
     ORDER BY r.score DESC, r.version_id LIMIT :k"""
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's ceiling; an index scan returns at most ef_search rows
 WALK, FAMILY_INDEX, EXACT = "walk", "family index", "exact"  # how a level finds its rows by similarity
@@ -241,11 +251,9 @@ class Retriever:
                 WHERE documents <= {RARE_SHARE} * corpus ORDER BY documents, lexeme LIMIT {RARE_TERMS}
             ),
             lexical AS MATERIALIZED (
-                SELECT e.version_id FROM embeddings e
+                SELECT e.version_id FROM rare r JOIN embeddings e ON e.lexemes @@ r.query
                 WHERE e.space = {space} AND e.role = {role_sql}{in_family}
-                  AND e.lexemes @@ (SELECT CAST(string_agg(CAST(query AS text), ' | ') AS tsquery) FROM rare)
-                ORDER BY (SELECT sum(r.idf) FROM rare r WHERE e.lexemes @@ r.query) DESC, e.version_id
-                LIMIT :lexical_candidates
+                GROUP BY e.version_id ORDER BY sum(r.idf) DESC, e.version_id LIMIT :lexical_candidates
             ),
             c AS (
                 SELECT * FROM walk
@@ -257,17 +265,17 @@ class Retriever:
         """`ranked`: the pool's rows that pass `where`, scored as similarity + `evidence` + the lexical weight times
         the row's BM25 relative to the best in the pool (a row that matches the query's words best gets 1)."""
         return f""",
+            bm25 AS ({_BM25.format(space=sql_literal(self.space))}
+            ),
             scored AS (
                 SELECT c.version_id, c.similarity, {co_usage_images} AS co_usage_images,
-                       c.similarity + {evidence} AS evidence, coalesce(x.bm25, 0) AS bm25,
-                       coalesce(x.words, '{{}}') AS matched_words
-                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
-                JOIN embeddings e ON e.version_id = c.version_id AND e.space = {sql_literal(self.space)}{joins}
-                LEFT JOIN LATERAL ({_BM25}) x ON true
+                       c.similarity + {evidence} AS evidence, coalesce(x.bm25, 0) AS bm25
+                FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id{joins}
+                LEFT JOIN bm25 x ON x.version_id = c.version_id
                 WHERE {where}
             ),
             ranked AS (
-                SELECT version_id, similarity, co_usage_images, matched_words,
+                SELECT version_id, similarity, co_usage_images,
                        coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS lexical,
                        evidence + :lex * coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS score
                 FROM scored ORDER BY score DESC, version_id LIMIT :k + {RANK_MARGIN}
@@ -387,7 +395,7 @@ class Retriever:
         return SearchResult(checkpoints, adapters, ordered)
 
     def _common(self, q: np.ndarray, words: str | None, top_k: int, pool: int) -> dict:
-        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "words": words or "",
+        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "words": words or "", "space": self.space,
                 "lexical_candidates": self.lexical_candidates, "pool": int(pool),
                 "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version,
                 **FALLBACK_DESCRIBER}
