@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 
 from serving.generate import GenerationResult, generate
 from serving.masker import dilate, to_rgb
-from serving.pipelines import LoraUse, PipelineManager
+from serving.pipelines import EmbeddingUse, LoraUse, PipelineManager
 
 MODES = ("inpaint", "img2img")
 DEFAULT_MAX_SIDE = 768
@@ -88,6 +88,7 @@ def edit_image(
     checkpoint_path: str | Path,
     checkpoint_sha256: str | None = None,
     loras: Sequence[LoraUse] = (),
+    embeddings: Sequence[EmbeddingUse] = (),
     prompt: str,
     mask: Any = None,
     negative_prompt: str = "",
@@ -122,7 +123,8 @@ def edit_image(
             raise ValueError("the mask is empty: nothing to inpaint")
         mask_image = Image.fromarray(region.astype(np.uint8) * 255, "L").resize((pw, ph), Image.NEAREST)
     result = generate(
-        manager, checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256, loras=loras, prompt=prompt,
+        manager, checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256, loras=loras,
+        embeddings=embeddings, prompt=prompt,
         negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, width=pw, height=ph, scheduler=scheduler,
         model_name=model_name, init_image=rgb.resize((pw, ph), Image.LANCZOS), mask_image=mask_image,
         strength=strength)

@@ -19,15 +19,22 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from serving.pipelines import LoraUse, PipelineManager, a1111_sampler_name, file_sha256, seeded_generator
+from serving.pipelines import (
+    EmbeddingUse,
+    LoraUse,
+    PipelineManager,
+    a1111_sampler_name,
+    file_sha256,
+    seeded_generator,
+)
 from serving.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
 from serving.prompt_syntax import encode_prompts
 
-__all__ = ["GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
+__all__ = ["EmbeddingUse", "GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
 
 _RE_LORA_TAG = re.compile(r"\s*,?\s*<(?:lora|lyco|hypernet):[^>]*>")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -63,6 +70,7 @@ def generate(
     checkpoint_path: str | Path,
     checkpoint_sha256: str | None = None,
     loras: Sequence[LoraUse] = (),
+    embeddings: Sequence[EmbeddingUse] = (),
     prompt: str,
     negative_prompt: str = "",
     steps: int = 25,
@@ -95,7 +103,8 @@ def generate(
     seed = int(seed)
     checkpoint_path = Path(checkpoint_path)
     sha = (checkpoint_sha256 or _sha256_of(checkpoint_path)).lower()
-    loras = [lora if lora.sha256 else LoraUse(lora.name, lora.path, _sha256_of(lora.path), lora.weight) for lora in loras]
+    loras = [lora if lora.sha256 else replace(lora, sha256=_sha256_of(lora.path)) for lora in loras]
+    embeddings = [used if used.sha256 else replace(used, sha256=_sha256_of(used.path)) for used in embeddings]
     clean_prompt = strip_lora_tags(prompt)
     clean_negative = strip_lora_tags(negative_prompt)
     kind = "inpaint" if mask_image is not None else "img2img" if init_image is not None else "txt2img"
@@ -104,6 +113,7 @@ def generate(
     with manager.lock:
         entry, load_s = manager.get(checkpoint_path, sha)
         lora_info = manager.set_loras(entry, loras)
+        manager.load_embeddings(entry, embeddings)
         pipe = manager.variant(entry, kind)
         pipe.scheduler = manager.scheduler(entry, scheduler)
         call: dict[str, Any] = {
@@ -139,6 +149,7 @@ def generate(
         model_hash=autov2(sha),
         model=model_name or checkpoint_path.stem,
         lora_hashes={lora.name: autov2(lora.sha256) or "" for lora in loras},
+        ti_hashes={embedding.name: autov2(embedding.sha256) or "" for embedding in embeddings},
         clip_skip=clip_skip,
         denoising_strength=float(strength) if kind != "txt2img" else None,
     )
@@ -159,6 +170,11 @@ def generate(
             for lora in loras
         ],
         "adapters_loaded_now": lora_info["loaded"],
+        "embeddings": [
+            {"name": embedding.name, "path": str(embedding.path), "sha256": embedding.sha256,
+             "autov2": autov2(embedding.sha256)}
+            for embedding in embeddings
+        ],
     }
     return GenerationResult(
         image=image,

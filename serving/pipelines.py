@@ -60,6 +60,24 @@ class LoraUse:
         return (self.sha256 or "").lower() or str(Path(self.path).resolve())
 
 
+@dataclass(frozen=True)
+class EmbeddingUse:
+    """A textual-inversion embedding file; `name` is the word that calls it in a prompt (A1111: the file's stem,
+    matched in any case)."""
+
+    name: str
+    path: str | Path
+    sha256: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.name.lower()
+
+    @property
+    def key(self) -> str:
+        return (self.sha256 or "").lower() or str(Path(self.path).resolve())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Schedulers by name
 
@@ -262,6 +280,7 @@ class LoadedPipeline:
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # LoraUse.key -> adapter name, LRU order
     active: tuple[tuple[str, float], ...] = ()
     variants: dict[str, Any] = field(default_factory=dict)
+    embeddings: dict[str, str] = field(default_factory=dict)  # token -> EmbeddingUse.key of what it calls
 
     @property
     def adapter_names(self) -> list[str]:
@@ -446,6 +465,36 @@ class PipelineManager:
             entry.active = wanted
         t2 = time.perf_counter()
         return {"lora_load_s": load_s, "lora_set_s": t2 - t1, "loaded": loaded}
+
+    # ---- textual-inversion embeddings
+
+    def load_embeddings(self, entry: LoadedPipeline, embeddings: Sequence[EmbeddingUse]) -> list[str]:
+        """Make each embedding's word call it on this pipeline (and its img2img/inpaint variants, which share the
+        tokenizer and text encoder). Loaded once and kept: a word no prompt uses costs nothing. Only .safetensors
+        files are read (a .pt embedding is a pickle that can run code). Returns the tokens loaded now."""
+        loaded = []
+        with self.lock:
+            for embedding in embeddings:
+                token, path = embedding.token, Path(embedding.path)
+                if token in entry.embeddings:
+                    if entry.embeddings[token] != embedding.key:
+                        raise GenerationError(f"two textual inversions are called {embedding.name!r}: the second "
+                                              f"({path.name}) would replace the first on a warm pipeline")
+                    continue
+                if path.suffix.lower() != ".safetensors":
+                    raise GenerationError(f"textual inversion {embedding.name!r}: only .safetensors files are loaded "
+                                          f"({path.name} is a pickle, which can run code when read)")
+                if not path.is_file():
+                    raise GenerationError(f"textual inversion file not found: {path}")
+                try:
+                    with quiet_loading():
+                        entry.pipe.load_textual_inversion(str(path), token=token)
+                except Exception as exc:  # another model's width, a word CLIP already has, a corrupt file
+                    raise GenerationError(f"textual inversion {embedding.name!r} ({path.name}) could not be "
+                                          f"loaded: {exc}") from exc
+                entry.embeddings[token] = embedding.key
+                loaded.append(token)
+        return loaded
 
     def _load_adapter(self, entry: LoadedPipeline, lora: LoraUse, name: str) -> None:
         try:

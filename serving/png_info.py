@@ -61,6 +61,9 @@ def _unquote(value: str) -> str:
     return value
 
 
+_HASH_LISTS = ("Lora hashes", "TI hashes")  # written as one quoted "name: hash, ..." value, as A1111 does
+
+
 @dataclass
 class GenerationParameters:
     prompt: str
@@ -74,6 +77,7 @@ class GenerationParameters:
     model_hash: str | None = None  # AutoV2
     model: str | None = None
     lora_hashes: dict[str, str] = field(default_factory=dict)  # name -> AutoV2
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # textual-inversion name -> AutoV2
     clip_skip: int | None = None
     denoising_strength: float | None = None
     version: str = VERSION
@@ -99,12 +103,12 @@ class GenerationParameters:
             pairs.append(("Denoising strength", _num(self.denoising_strength)))
         if self.clip_skip is not None:
             pairs.append(("Clip skip", str(int(self.clip_skip))))
-        if self.lora_hashes:
-            listed = ", ".join(f"{_safe_name(n)}: {h}" for n, h in self.lora_hashes.items())
-            pairs.append(("Lora hashes", '"' + listed + '"'))
+        for key, hashes in (("Lora hashes", self.lora_hashes), ("TI hashes", self.ti_hashes)):
+            if hashes:
+                pairs.append((key, '"' + ", ".join(f"{_safe_name(n)}: {h}" for n, h in hashes.items()) + '"'))
         pairs.extend(self.extra.items())
         pairs.append(("Version", self.version))
-        line = ", ".join(f"{k}: {v if k == 'Lora hashes' else _quote(str(v))}" for k, v in pairs)
+        line = ", ".join(f"{k}: {v if k in _HASH_LISTS else _quote(str(v))}" for k, v in pairs)
         text = self.prompt.strip()
         if self.negative_prompt.strip():
             text += "\nNegative prompt: " + self.negative_prompt.strip()
@@ -149,11 +153,11 @@ def parse_parameters(text: str) -> GenerationParameters:
         out.clip_skip = int(v)
     if (v := take("Denoising strength")) is not None:
         out.denoising_strength = float(v)
-    if (v := take("Lora hashes")) is not None:
-        for part in v.split(","):
+    for key, hashes in (("Lora hashes", out.lora_hashes), ("TI hashes", out.ti_hashes)):
+        for part in (take(key) or "").split(","):
             if ":" in part:
                 name, h = part.rsplit(":", 1)
-                out.lora_hashes[name.strip()] = h.strip()
+                hashes[name.strip()] = h.strip()
     out.version = take("Version") or ""
     out.extra = params
     return out

@@ -1,15 +1,17 @@
 """A1111 prompt syntax for the text encoder: emphasis weights, BREAK, and prompts longer than CLIP's 77 tokens.
 
 Prompts pasted from Civitai are written for AUTOMATIC1111's web UI: `(word)` means x1.1, `[word]` /1.1,
-`(word:1.3)` x1.3, `\\(` a literal bracket, `BREAK` starts a new chunk, and a prompt runs past 75 tokens in 75-token
-chunks, each encoded separately with its own start and end token and the results concatenated. Plain diffusers reads
-the brackets as text and cuts the prompt at 77 tokens, so the same prompt gives another image; this module encodes
-as A1111 does (its `parse_prompt_attention` and chunking, comma backtracking included) for SD 1.x pipelines.
+`(word:1.3)` x1.3, `\\(` a literal bracket, `BREAK` starts a new chunk, a loaded textual inversion's name calls its
+vectors, and a prompt runs past 75 tokens in 75-token chunks, each encoded separately with its own start and end
+token and the results concatenated. Plain diffusers reads the brackets as text and cuts the prompt at 77 tokens, so
+the same prompt gives another image; this module encodes as A1111 does (its `parse_prompt_attention` and chunking,
+comma backtracking included) for SD 1.x pipelines.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,14 +89,17 @@ class Chunk:
     weights: list[float] = field(default_factory=list)
 
 
-def chunk_prompt(tokenizer: Any, text: str) -> list[Chunk]:
+def chunk_prompt(tokenizer: Any, text: str, expand: Callable[[str], str] | None = None) -> list[Chunk]:
     """The prompt's tokens in 75-token chunks with their weights, closed with start/end tokens and padded with the
-    end token (A1111's tokenize_line without textual-inversion embeddings). A chunk that fills up is cut after its
-    last comma when that comma is at most COMMA_BACKTRACK tokens back, so a phrase is not split across chunks."""
+    end token (A1111's tokenize_line). A chunk that fills up is cut after its last comma when that comma is at most
+    COMMA_BACKTRACK tokens back, so a phrase is not split across chunks. Text is lowercased first (CLIP lowercases
+    anyway; textual-inversion words are registered lowercased, so they match in any case), then `expand` rewrites
+    it (diffusers' maybe_convert_prompt: a multi-vector embedding's word becomes one token per vector)."""
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     comma = None if comma == tokenizer.unk_token_id else comma  # a vocabulary without CLIP's comma token
     runs = parse_attention(text)
-    pieces = [piece for piece, weight in runs if not _is_break(piece, weight)]
+    pieces = [expand(piece.lower()) if expand else piece.lower()
+              for piece, weight in runs if not _is_break(piece, weight)]
     token_lists = iter(tokenizer(pieces, add_special_tokens=False, truncation=False)["input_ids"] if pieces else [])
     chunks: list[Chunk] = []
     current = Chunk()
@@ -161,7 +166,8 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str, clip_skip: int 
             weighted = weighted * torch.where(meaningful, mean / torch.where(meaningful, new_mean, 1.0), 1.0)
         return weighted.reshape(1, -1, hidden.shape[-1]).to(encoder.dtype)
 
-    positive, negative = chunk_prompt(tokenizer, prompt), chunk_prompt(tokenizer, negative_prompt)
+    expand = (lambda text: pipe.maybe_convert_prompt(text, tokenizer)) if hasattr(pipe, "maybe_convert_prompt") else None
+    positive, negative = chunk_prompt(tokenizer, prompt, expand), chunk_prompt(tokenizer, negative_prompt, expand)
     empty = chunk_prompt(tokenizer, "")[0]
     longest = max(len(positive), len(negative))
     positive += [empty] * (longest - len(positive))

@@ -194,7 +194,7 @@ def test_parses_a1111_text_written_elsewhere():
     assert p.model_hash == "6ce0161689" and p.model == "dreamshaper_8" and p.clip_skip == 2
     assert p.denoising_strength == 0.4 and p.version == "v1.9.4"
     assert p.lora_hashes == {"add_detail": "7c6bad76eb54"} and p.lora_tags() == [("add_detail", 0.6)]
-    assert p.extra["Schedule type"] == "Karras" and p.extra["TI hashes"] == "easynegative: c74b4e810b03"
+    assert p.extra["Schedule type"] == "Karras" and p.ti_hashes == {"easynegative": "c74b4e810b03"}
     assert p.extra["Hires upscale"] == "2"
     no_negative = parse_parameters("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512")
     assert no_negative.prompt == "a cat" and no_negative.negative_prompt == ""
@@ -310,3 +310,43 @@ def test_img2img_and_inpaint_requests_reuse_the_warm_checkpoint(manager, tiny):
     assert manager.loads == max(loads, 1) and inpainted.timings["load_s"] == 0.0
     with pytest.raises(ValueError):
         run(manager, tiny, mask_image=mask)
+
+
+def write_embedding(path, vectors: int, width: int = 32, seed: int = 0):
+    """A textual inversion as A1111 saves it in .safetensors: one `emb_params` tensor, a row per vector."""
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(vectors, width, generator=torch.Generator().manual_seed(seed))}, str(path))
+    return path
+
+
+def test_a_textual_inversion_word_calls_its_vectors(manager, tiny, tmp_path):
+    from serving.generate import EmbeddingUse
+    from serving.prompt_syntax import chunk_prompt
+
+    as_text = pixels(run(manager, tiny, negative_prompt="grubbly, blurry"))  # no embedding: plain words
+    grubbly = EmbeddingUse("Grubbly", write_embedding(tmp_path / "Grubbly.safetensors", vectors=2))
+    called = run(manager, tiny, negative_prompt="grubbly, blurry", embeddings=[grubbly])
+    assert not np.array_equal(pixels(called), as_text)
+    assert np.array_equal(pixels(run(manager, tiny, negative_prompt="GRUBBLY, blurry", embeddings=[grubbly])),
+                          pixels(called))  # A1111 matches the name in any case
+    entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
+    tokenizer = entry.pipe.tokenizer
+    (chunk,) = chunk_prompt(tokenizer, "grubbly cat", lambda text: entry.pipe.maybe_convert_prompt(text, tokenizer))
+    assert chunk.tokens[1:3] == tokenizer.convert_tokens_to_ids(["grubbly", "grubbly_1"])  # one token per vector
+    assert 'TI hashes: "Grubbly: ' in called.parameters_text
+    assert parse_parameters(called.parameters_text).ti_hashes == {"Grubbly": called.metadata["embeddings"][0]["autov2"]}
+
+
+def test_textual_inversions_that_cannot_load_are_refused_cleanly(manager, tiny, tmp_path):
+    from serving.generate import EmbeddingUse
+    from serving.pipelines import GenerationError
+
+    before = pixels(run(manager, tiny, negative_prompt="blurry"))
+    pickle = tmp_path / "old.pt"
+    pickle.write_bytes(b"not read")
+    wide = write_embedding(tmp_path / "wide.safetensors", vectors=1, width=48)  # an embedding of another model
+    for bad, message in ((pickle, "only .safetensors"), (wide, "could not be loaded")):
+        with pytest.raises(GenerationError, match=message):
+            run(manager, tiny, negative_prompt="blurry", embeddings=[EmbeddingUse(bad.stem, bad)])
+    assert np.array_equal(pixels(run(manager, tiny, negative_prompt="blurry")), before)
