@@ -10,8 +10,9 @@ Generate: the checkpoint is the retriever's top one (or `checkpoint_version_id`)
 and composed by `serving.composer` (weights, trigger words; or `adapters=[(version_id, weight), ...]` as given). Each
 chosen version's primary file (`served_model_versions.primary_file_sha256` / `primary_file_name`) is fetched through
 the verified download cache (a cache hit costs no network) and handed to the warm pipeline manager. Only LoRA-family
-adapters (LORA, LoCon, DoRA) reach the pipeline; textual inversions, hypernetworks and others are skipped with a note
-in the sidecar.
+adapters (LORA, LoCon, DoRA) are composed from the retrieved hits; textual inversions are loaded when a prompt calls
+them by name (A1111's way: `EasyNegative` in the negative prompt), hypernetworks and others are skipped with a note in
+the sidecar.
 
 Edit: the instruction is parsed (`serving.instructions`, rule-based unless a backend is given). When the edit keeps
 the image's style (types 0 and 1, and 2 without a style change) the style checkpoint and style LoRA are retrieved
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from serving.composer import (
 )
 from serving.generate import GenerationResult
 from serving.generate import generate as run_generate
-from serving.pipelines import LoraUse
+from serving.pipelines import EmbeddingUse, LoraUse
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,19 @@ _LOOKUP = """
                        WHERE dd.version_id = s.version_id ORDER BY dd.describer = 'card-text', dd.describer LIMIT 1) d
            ON true
     WHERE s.version_id = ANY(:ids)"""
+
+
+# Textual inversions a prompt calls by name: A1111 names an embedding by its file's stem and matches it in any case.
+# The most downloaded version wins when several files share a stem; only the checkpoint's family fits its encoder.
+_NAMED_EMBEDDINGS = """
+    SELECT DISTINCT ON (stem) version_id FROM (
+        SELECT version_id, version_download_count,
+               lower(regexp_replace(primary_file_name, '[.][^.]*$', '')) AS stem
+        FROM served_model_versions
+        WHERE model_type = 'TextualInversion' AND base_model_family = :family) named
+    WHERE stem = ANY(:words)
+    ORDER BY stem, version_download_count DESC, version_id"""
+_WORD = re.compile(r"[\w.\-]+")
 
 
 def _composer_kind(kind: str | None) -> str:
@@ -354,6 +369,33 @@ class Studio:
         os.replace(staging, link)
         return link
 
+    def named_embeddings(self, checkpoint: ModelRef, *prompts: str) -> list[ModelRef]:
+        """The served textual inversions of the checkpoint's family that the prompts call by name (e.g.
+        `EasyNegative` in a negative prompt pasted from Civitai)."""
+        words = sorted({word.lower().strip(".-") for prompt in prompts for word in _WORD.findall(prompt)} - {""})
+        if not words:
+            return []
+        with self.engine.connect() as conn:
+            ids = conn.execute(text(_NAMED_EMBEDDINGS), {"family": checkpoint.base_model_family,
+                                                          "words": words}).scalars().all()
+        return list(self.lookup(ids).values())
+
+    def _embeddings(self, checkpoint: ModelRef, prompts: Sequence[str],
+                    notes: list[str]) -> tuple[list[EmbeddingUse], list[ModelRef]]:
+        """The named textual inversions, fetched; one that cannot be fetched is noted and its name stays a word."""
+        from crawlers.downloads import DownloadError
+
+        used, refs = [], []
+        for ref in self.named_embeddings(checkpoint, *prompts):
+            try:
+                path = self.fetch(ref)
+            except DownloadError as error:
+                notes.append(f"textual inversion {ref.name!r} (version {ref.version_id}) not loaded: {error}")
+                continue
+            used.append(EmbeddingUse(Path(ref.file_name or path.name).stem, path, (ref.sha256 or "").lower()))
+            refs.append(ref)
+        return used, refs
+
     def _loras(self, chosen: Sequence[ModelRef]) -> list[LoraUse]:
         return [LoraUse(ref.lora_name, self.fetch(ref), (ref.sha256 or "").lower(), ref.weight) for ref in chosen]
 
@@ -392,14 +434,15 @@ class Studio:
             retrieval["adapters"] = "retrieved by text" + (", reranked" if rerank else "")
         ckpt_path = self.fetch(checkpoint)
         loras = self._loras(chosen)
+        embeddings, embedding_refs = self._embeddings(checkpoint, (composition.prompt, negative_prompt), notes)
         result = run_generate(self.manager, checkpoint_path=ckpt_path, checkpoint_sha256=checkpoint.sha256.lower(),
-                              loras=loras, prompt=composition.prompt, negative_prompt=negative_prompt, steps=steps,
-                              cfg=cfg, seed=seed, width=width, height=height, scheduler=scheduler,
-                              model_name=self._model_name(checkpoint))
+                              loras=loras, embeddings=embeddings, prompt=composition.prompt,
+                              negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, width=width,
+                              height=height, scheduler=scheduler, model_name=self._model_name(checkpoint))
         sidecar = {"kind": "generate", "prompt": prompt, "composed_prompt": composition.prompt,
                    "a1111_prompt": composition.a1111, "negative_prompt": negative_prompt,
                    "checkpoint": checkpoint.as_dict(), "adapters": [r.as_dict() for r in chosen],
-                   "retrieval": retrieval, "notes": notes}
+                   "embeddings": [r.as_dict() for r in embedding_refs], "retrieval": retrieval, "notes": notes}
         return result, sidecar
 
     # ---- edit -------------------------------------------------------------------------------------------------------
@@ -465,14 +508,17 @@ class Studio:
                 init = init.resize(rgb.size)
         ckpt_path = self.fetch(checkpoint)
         loras = self._loras(chosen)
+        embeddings, embedding_refs = self._embeddings(checkpoint, (composition.prompt, negative_prompt), notes)
         outcome = edit_image(self.manager, image=init, mode=mode, mask=mask, checkpoint_path=ckpt_path,
-                             checkpoint_sha256=checkpoint.sha256.lower(), loras=loras, prompt=composition.prompt,
+                             checkpoint_sha256=checkpoint.sha256.lower(), loras=loras, embeddings=embeddings,
+                             prompt=composition.prompt,
                              negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler,
                              strength=strength, max_side=self.max_side, model_name=self._model_name(checkpoint))
         sidecar = {"kind": "edit", "instruction": instruction, "parsed": {**parsed.as_dict(), "source": parsed.source},
                    "mode": mode, "mask": mask_info, "composed_prompt": composition.prompt,
                    "a1111_prompt": composition.a1111, "negative_prompt": negative_prompt,
                    "checkpoint": checkpoint.as_dict(), "adapters": [r.as_dict() for r in chosen],
+                   "embeddings": [r.as_dict() for r in embedding_refs],
                    "retrieval": {"style": style_by, "objects": "text"}, "notes": notes}
         outcome.result.mask = outcome.mask  # type: ignore[attr-defined]  # bool HxW or None (img2img)
         return outcome.result, sidecar

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 pytest.importorskip("open_clip")
@@ -299,3 +299,34 @@ def test_edit_global_style_runs_img2img_at_the_input_size(world):
     assert sidecar["parsed"]["instruction_type"] == 3 and sidecar["mode"] == "img2img"
     assert sidecar["retrieval"]["style"] == "text" and sidecar["mask"] is None
     assert result.image.size == (60, 44) and result.mask is None
+
+
+def test_a_textual_inversion_the_negative_prompt_names_is_fetched_and_loaded(world, engine, database_url, tmp_path):
+    """A1111 users write `EasyNegative` in the negative prompt: the studio finds that embedding in the catalogue by
+    its file's stem (any case), downloads it verified, and the PNG lists it under TI hashes."""
+    from safetensors.torch import save_file
+
+    lines = cli.snapshot_path().read_text(encoding="utf-8").splitlines()
+    item = json.loads(lines[7])
+    item.update(id=919999, name="Grubbly Negative", type="TextualInversion", tags=["negative embedding"])
+    version = item["modelVersions"][0]
+    version.update(id=929999, modelId=919999, trainedWords=["GrubblyNeg"])
+    version["files"][0].update(id=939999, name="GrubblyNeg.safetensors")
+    dump = tmp_path / "with-embedding.jsonl"
+    dump.write_text("\n".join([*lines, json.dumps(item)]) + "\n", encoding="utf-8")
+    assert refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1).success
+
+    path = tmp_path / "GrubblyNeg.safetensors"
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(5))}, str(path))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE model_files SET sha256 = :sha WHERE version_id = 929999 AND is_primary"),
+                     {"sha": file_sha256(path).upper()})
+    world["files"].blobs[929999] = (path.name, path.read_bytes())
+
+    studio = world["studio"]
+    result, sidecar = studio.generate(PROMPT, negative_prompt="grubblyneg, blurry", steps=2, width=64, height=64,
+                                      seed=3)
+    assert [ref["version_id"] for ref in sidecar["embeddings"]] == [929999]
+    assert parse_parameters(result.parameters_text).ti_hashes == {"GrubblyNeg": file_sha256(path)[:10]}
+    plain, plain_sidecar = studio.generate(PROMPT, negative_prompt="blurry", steps=2, width=64, height=64, seed=3)
+    assert plain_sidecar["embeddings"] == [] and "TI hashes" not in plain.parameters_text
