@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,57 +145,51 @@ class Studio:
 
     # ---- warm parts, built on first use -------------------------------------------------------------------------
 
+    def _warm(self, attribute: str, build: Callable[[], Any]) -> Any:
+        """The part held in `attribute` (given to the constructor, else built once, under the guard: parts are
+        heavy, models and pipelines, and requests may come from several threads)."""
+        with self._guard:
+            if getattr(self, attribute) is None:
+                setattr(self, attribute, build())
+            return getattr(self, attribute)
+
     @property
     def retriever(self):
-        with self._guard:
-            if self._retriever is None:
-                from serving.api import open_retriever
+        from serving.api import open_retriever
 
-                self._retriever = open_retriever(self.settings)
-            return self._retriever
+        return self._warm("_retriever", lambda: open_retriever(self.settings))
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            if self._retriever is not None:
-                self._engine = self._retriever.engine
-            else:
-                from db.engine import get_engine
-                from db.migrate import ensure_migrated
+        from db.engine import get_engine
+        from db.migrate import ensure_migrated
 
-                self._engine = ensure_migrated(get_engine(self.settings))
-        return self._engine
+        return self._warm("_engine", lambda: self._retriever.engine if self._retriever is not None
+                          else ensure_migrated(get_engine(self.settings)))
 
     @property
     def manager(self):
-        with self._guard:
-            if self._manager is None:
-                from serving.pipelines import PipelineManager
-                from serving.sd_components import default_config_dir, write_sd15_config
+        from serving.pipelines import PipelineManager
+        from serving.sd_components import default_config_dir, write_sd15_config
 
-                if self._config_dir is not None:
-                    folder = write_sd15_config(self._config_dir, self._config_variant)
-                else:
-                    folder = default_config_dir(self.settings.zoo_home, self._config_variant)
-                self._manager = PipelineManager(folder)
-            return self._manager
+        def build():
+            if self._config_dir is not None:
+                return PipelineManager(write_sd15_config(self._config_dir, self._config_variant))
+            return PipelineManager(default_config_dir(self.settings.zoo_home, self._config_variant))
+
+        return self._warm("_manager", build)
 
     @property
     def downloader(self):
-        with self._guard:
-            if self._downloader is None:
-                from crawlers.downloads import from_settings
+        from crawlers.downloads import from_settings
 
-                self._downloader = from_settings(self.settings)
-            return self._downloader
+        return self._warm("_downloader", lambda: from_settings(self.settings))
 
     @property
     def parser(self):
-        if self._parser is None:
-            from serving.instructions import InstructionParser
+        from serving.instructions import InstructionParser
 
-            self._parser = InstructionParser()
-        return self._parser
+        return self._warm("_parser", InstructionParser)
 
     def masker(self, notes: list[str]):
         """The region masker: the injected one; else SAM (weights file in ZOO_SAM_CHECKPOINT, ZOO_SAM_MODEL_TYPE) with
@@ -220,11 +214,9 @@ class Studio:
             return self._masker
 
     def _rerank_model(self):
-        if self._reranker is None:
-            from serving.api import load_reranker
+        from serving.api import load_reranker
 
-            self._reranker = load_reranker()
-        return self._reranker
+        return self._warm("_reranker", load_reranker)
 
     # ---- catalogue lookups ----------------------------------------------------------------------------------------
 
