@@ -9,11 +9,12 @@ from pathlib import Path
 _servers: dict[Path, object] = {}
 
 
-def embedded_database_url(data_dir: Path) -> str:
+def embedded_database_url(data_dir: Path, *, throwaway: bool = False) -> str:
     """Start (or join) the embedded server whose data lives in `data_dir`, and return its SQLAlchemy URL.
 
-    The server is shared by every process that asks for the same folder and stops when the last one exits.
-    Its parent folder is created first: pgserver refuses a missing parent and, as root, opens it to its own user.
+    The server is shared by every process that asks for the same folder and stops when the last one exits; a
+    `throwaway` one (tests) also deletes its data then. Its parent folder is created first: pgserver refuses a
+    missing parent and, as root, opens it to its own user.
     """
     data_dir = data_dir.resolve()
     if data_dir not in _servers:
@@ -23,6 +24,6 @@ def embedded_database_url(data_dir: Path) -> str:
             import pgserver
 
             logging.getLogger("pgserver").setLevel(logging.WARNING)
-            _servers[data_dir] = pgserver.get_server(data_dir, cleanup_mode="stop")
+            _servers[data_dir] = pgserver.get_server(data_dir, cleanup_mode="delete" if throwaway else "stop")
     uri: str = _servers[data_dir].get_uri()  # type: ignore[attr-defined]
     return uri.replace("postgresql://", "postgresql+psycopg://", 1)

@@ -42,8 +42,8 @@ def pg_admin_url() -> Iterator[str]:
         return
     from db.embedded import embedded_database_url
 
-    # Left in place at the end: the server stops when the session's process exits, after fixtures are torn down.
-    yield embedded_database_url(Path(tempfile.mkdtemp(prefix="zoo-test-pg-")) / "data")
+    # The server stops and its data is deleted when the session's process exits, after fixtures are torn down.
+    yield embedded_database_url(Path(tempfile.mkdtemp(prefix="zoo-test-pg-")) / "data", throwaway=True)
 
 
 @pytest.fixture(scope="module")
