@@ -383,6 +383,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return code
 
 
+def _image_options(command: argparse.ArgumentParser) -> None:
+    """The options `generate` and `edit` share: where the image goes, sampling, the negative prompt."""
+    command.add_argument("--out", required=True, help="the PNG to write (a .json sidecar goes beside it)")
+    command.add_argument("--steps", type=int, default=25)
+    command.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
+    command.add_argument("--cfg", type=float, default=7.0)
+    command.add_argument("--negative", default="",
+                         help="the negative prompt (A1111 syntax; textual inversions called by name are loaded)")
+    command.add_argument("--scheduler", default="dpm++_2m_karras")
+    command.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -421,33 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate an image with the zoo's checkpoint and LoRAs for a prompt")
     generate.add_argument("prompt")
-    generate.add_argument("--out", required=True, help="the PNG to write (a .json sidecar goes beside it)")
+    _image_options(generate)
     generate.add_argument("--checkpoint", type=int, help="use this checkpoint version id instead of retrieving one")
     generate.add_argument("--adapters", help="use these adapters instead of retrieving them: VERSION_ID:WEIGHT,...")
     generate.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=False,
                           help="rerank retrieved adapters with SmolLM2 (off by default; --no-rerank)")
-    generate.add_argument("--steps", type=int, default=25)
-    generate.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
-    generate.add_argument("--cfg", type=float, default=7.0)
     generate.add_argument("--width", type=int, default=512)
     generate.add_argument("--height", type=int, default=512)
-    generate.add_argument("--negative", default="", help="the negative prompt")
-    generate.add_argument("--scheduler", default="dpm++_2m_karras")
-    generate.add_argument("--json", action="store_true")
     generate.set_defaults(handler=cmd_generate)
 
     edit = commands.add_parser("edit", help="edit an image as an instruction says (inpaint, img2img)")
     edit.add_argument("instruction")
     edit.add_argument("--image", required=True, help="the image to edit")
-    edit.add_argument("--out", required=True, help="the PNG to write (a .json sidecar goes beside it)")
+    _image_options(edit)
     edit.add_argument("--reference", help="a style reference image (style-transfer instructions)")
-    edit.add_argument("--steps", type=int, default=25)
-    edit.add_argument("--seed", type=int, default=-1)
-    edit.add_argument("--cfg", type=float, default=7.0)
     edit.add_argument("--strength", type=float, help="denoising strength (default by edit mode)")
-    edit.add_argument("--negative", default="")
-    edit.add_argument("--scheduler", default="dpm++_2m_karras")
-    edit.add_argument("--json", action="store_true")
     edit.set_defaults(handler=cmd_edit)
 
     db = commands.add_parser("db", help="database schema")
