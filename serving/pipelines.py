@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import logging
@@ -322,13 +323,14 @@ class PipelineManager:
         self._pipes: OrderedDict[str, LoadedPipeline] = OrderedDict()
         self._tokenizer = None
         self._cross_attention_dim = self._read_json("unet/config.json").get("cross_attention_dim")
+        self._text_width = self._read_json("text_encoder/config.json").get("hidden_size")
 
     def _read_json(self, rel: str) -> dict[str, Any]:
         import json
 
         return json.loads((self.config_dir / rel).read_text())
 
-    # ---- tokenizer (guarded, shared)
+    # ---- tokenizer (guarded; each pipeline gets a copy)
 
     @property
     def tokenizer(self):
@@ -391,7 +393,9 @@ class PipelineManager:
 
         inspect_checkpoint(path, cross_attention_dim=self._cross_attention_dim)
         started = time.perf_counter()
-        tokenizer = self.tokenizer  # guarded: raises TokenizerError on a placeholder
+        # Guarded (raises TokenizerError on a placeholder); a copy per pipeline, because textual inversions add
+        # their words to the tokenizer while only this pipeline's text encoder gains their vectors.
+        tokenizer = copy.deepcopy(self.tokenizer)
         try:
             with quiet_loading():
                 pipe = StableDiffusionPipeline.from_single_file(
@@ -468,10 +472,31 @@ class PipelineManager:
 
     # ---- textual-inversion embeddings
 
+    def embedding_problem(self, embedding: EmbeddingUse) -> str | None:
+        """Why a textual inversion cannot be loaded here, found without loading it (None: it can): not .safetensors
+        (a .pt embedding is a pickle, which can run code when read), a name CLIP already has as a word, vectors of
+        another width than this model's text encoder, an unreadable file."""
+        from safetensors import safe_open
+
+        path = Path(embedding.path)
+        if path.suffix.lower() != ".safetensors":
+            return f"only .safetensors files are loaded ({path.name} is a pickle, which can run code when read)"
+        vocabulary = self.tokenizer.get_vocab()
+        if embedding.token in vocabulary or f"{embedding.token}</w>" in vocabulary:
+            return f"{embedding.name!r} is a word CLIP already has"
+        try:
+            with safe_open(str(path), framework="pt") as tensors:
+                shapes = [tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()]  # noqa: SIM118
+        except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file
+            return f"{path.name} could not be read: {exc}"
+        if len(shapes) != 1 or len(shapes[0]) != 2 or (self._text_width and shapes[0][1] != self._text_width):
+            return f"{path.name} holds tensors {shapes}; this model needs one (vectors, {self._text_width}) tensor"
+        return None
+
     def load_embeddings(self, entry: LoadedPipeline, embeddings: Sequence[EmbeddingUse]) -> list[str]:
-        """Make each embedding's word call it on this pipeline (and its img2img/inpaint variants, which share the
-        tokenizer and text encoder). Loaded once and kept: a word no prompt uses costs nothing. Only .safetensors
-        files are read (a .pt embedding is a pickle that can run code). Returns the tokens loaded now."""
+        """Make each embedding's word call it on this pipeline (and its img2img/inpaint variants, which share its
+        tokenizer and text encoder). Loaded once and kept: a word no prompt uses costs nothing. Returns the tokens
+        loaded now; an embedding that cannot be loaded (embedding_problem) is a GenerationError."""
         loaded = []
         with self.lock:
             for embedding in embeddings:
@@ -481,11 +506,11 @@ class PipelineManager:
                         raise GenerationError(f"two textual inversions are called {embedding.name!r}: the second "
                                               f"({path.name}) would replace the first on a warm pipeline")
                     continue
-                if path.suffix.lower() != ".safetensors":
-                    raise GenerationError(f"textual inversion {embedding.name!r}: only .safetensors files are loaded "
-                                          f"({path.name} is a pickle, which can run code when read)")
                 if not path.is_file():
                     raise GenerationError(f"textual inversion file not found: {path}")
+                problem = self.embedding_problem(embedding)
+                if problem:
+                    raise GenerationError(f"textual inversion {embedding.name!r} could not be loaded: {problem}")
                 try:
                     with quiet_loading():
                         entry.pipe.load_textual_inversion(str(path), token=token)

@@ -350,3 +350,21 @@ def test_textual_inversions_that_cannot_load_are_refused_cleanly(manager, tiny, 
         with pytest.raises(GenerationError, match=message):
             run(manager, tiny, negative_prompt="blurry", embeddings=[EmbeddingUse(bad.stem, bad)])
     assert np.array_equal(pixels(run(manager, tiny, negative_prompt="blurry")), before)
+
+
+def test_an_embedding_loaded_on_one_checkpoint_leaves_the_others_alone(manager, tiny, tmp_path):
+    """Each warm pipeline has its own tokenizer: an embedding's word added on one is plain text on another."""
+    from serving.generate import EmbeddingUse
+
+    other_pipe = sdc.build_random_pipeline(tiny["config"], seed=11)
+    other = sdc.save_single_file(other_pipe, tmp_path / "other-ckpt.safetensors")
+
+    def on_other(**kw):
+        return pixels(generate(manager, checkpoint_path=other, prompt="a castle", negative_prompt="smudgy",
+                               steps=STEPS, seed=7, width=SIZE, height=SIZE, scheduler="euler", **kw))
+
+    plain = on_other()
+    smudgy = EmbeddingUse("smudgy", write_embedding(tmp_path / "smudgy.safetensors", vectors=3, seed=4))
+    run(manager, tiny, negative_prompt="smudgy", embeddings=[smudgy])  # loaded on the first checkpoint only
+    assert np.array_equal(on_other(), plain)
+    assert not np.array_equal(on_other(embeddings=[smudgy]), plain)  # and loadable on the second too
