@@ -30,6 +30,7 @@ _ATTENTION = re.compile(r"""
 :                               # a colon that is not a weight
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_TAG = re.compile(r"<[^<>]*>")  # <lora:name:0.7>, <lyco:...>, <hypernet:...>: they select models, they are not words
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
@@ -44,7 +45,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             run[1] *= factor
 
     for match in _ATTENTION.finditer(text):
-        piece, weight = match.group(0), match.group(1)
+        piece, weight = match.group(0), _number(match.group(1))
         if piece.startswith("\\"):
             runs.append([piece[1:], 1.0])
         elif piece == "(":
@@ -52,7 +53,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         elif piece == "[":
             square_open.append(len(runs))
         elif weight is not None and round_open:
-            multiply_from(round_open.pop(), float(weight))
+            multiply_from(round_open.pop(), weight)
         elif piece == ")" and round_open:
             multiply_from(round_open.pop(), ROUND_BRACKET)
         elif piece == "]" and square_open:
@@ -77,8 +78,35 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     return [(text_, weight) for text_, weight in merged]
 
 
+def _number(text: str | None) -> float | None:
+    """An explicit weight; a malformed one such as `(x:1.2.3)` is read as text (A1111 would fail on it)."""
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def plain_text(prompt: str) -> str:
+    """The prompt's words without A1111 syntax (model tags, brackets, weights, BREAK): what a text search reads."""
+    return " ".join(piece for piece, weight in parse_attention(_TAG.sub(" ", prompt)) if not _is_break(piece, weight))
+
+
 def _is_break(piece: str, weight: float) -> bool:
     return piece == BREAK and weight == -1.0
+
+
+def _embedding_lengths(tokenizer: Any) -> dict[int, int]:
+    """First token id -> vector count of each multi-vector textual inversion on the tokenizer (diffusers adds
+    `name`, `name_1`, ... `name_{n-1}`)."""
+    added = tokenizer.added_tokens_encoder
+    lengths = {}
+    for name, token_id in added.items():
+        count = 1
+        while f"{name}_{count}" in added:
+            count += 1
+        if count > 1:
+            lengths[token_id] = count
+    return lengths
 
 
 @dataclass
@@ -97,6 +125,7 @@ def chunk_prompt(tokenizer: Any, text: str, expand: Callable[[str], str] | None 
     it (diffusers' maybe_convert_prompt: a multi-vector embedding's word becomes one token per vector)."""
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     comma = None if comma == tokenizer.unk_token_id else comma  # a vocabulary without CLIP's comma token
+    vectors = _embedding_lengths(tokenizer) if expand else {}
     runs = parse_attention(text)
     pieces = [expand(piece.lower()) if expand else piece.lower()
               for piece, weight in runs if not _is_break(piece, weight)]
@@ -116,6 +145,10 @@ def chunk_prompt(tokenizer: Any, text: str, expand: Callable[[str], str] | None 
             current, last_comma = Chunk(), -1
             continue
         for token in next(token_lists):
+            length = vectors.get(token, 1)
+            if length > 1 and len(current.tokens) + length > CHUNK_TOKENS:  # an embedding is never split
+                close(current)
+                current, last_comma = Chunk(), -1
             if token == comma:
                 last_comma = len(current.tokens)
             elif (len(current.tokens) == CHUNK_TOKENS and last_comma != -1

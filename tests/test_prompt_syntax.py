@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from serving import sd_components as sdc
-from serving.prompt_syntax import BREAK, CHUNK_TOKENS, chunk_prompt, parse_attention
+from serving.prompt_syntax import BREAK, CHUNK_TOKENS, chunk_prompt, parse_attention, plain_text
 
 
 @pytest.mark.parametrize(("prompt", "runs"), [  # the examples of A1111's parse_prompt_attention docstring
@@ -70,3 +70,30 @@ def test_a_full_chunk_ends_at_its_last_comma(tokenizer) -> None:
     far = words(40) + ", " + words(50)  # a comma 35 tokens back is too far: the chunk is cut at 75 tokens
     assert chunk_prompt(tokenizer, far)[0].tokens[41] == comma
     assert tokenizer.eos_token_id not in chunk_prompt(tokenizer, far)[0].tokens[1:-1]
+
+
+def test_a_multi_vector_embedding_is_never_split_across_chunks(tokenizer) -> None:
+    import copy
+
+    with_embedding = copy.deepcopy(tokenizer)
+    with_embedding.add_tokens(["grub", "grub_1", "grub_2"])  # as diffusers registers a 3-vector embedding
+
+    def expand(text: str) -> str:
+        return text.replace("grub", "grub grub_1 grub_2")
+
+    first, second = chunk_prompt(with_embedding, words(73) + " grub", expand)
+    ids = with_embedding.convert_tokens_to_ids(["grub", "grub_1", "grub_2"])
+    assert set(first.tokens[74:]) == {with_embedding.eos_token_id}  # 73 words, then padding: 3 vectors do not fit
+    assert second.tokens[1:4] == ids
+    (whole,) = chunk_prompt(with_embedding, words(72) + " grub", expand)  # 72 + 3 = 75: they fit
+    assert whole.tokens[73:76] == ids
+
+
+def test_malformed_weights_are_text() -> None:
+    (run,) = parse_attention("(x:1.2.3) y")  # A1111 fails on float("1.2.3"); here the bracket stays open
+    assert run == ("x:1.2.3) y", pytest.approx(1.1))
+
+
+def test_plain_text_drops_a1111_syntax() -> None:
+    text = plain_text("<lora:inkwash_v2:0.7> (masterpiece:1.2), [foggy] harbor BREAK \\(lit\\)")
+    assert text.split() == ["masterpiece", ",", "foggy", "harbor", "(lit)"]
