@@ -24,6 +24,7 @@ from db.vectors import FAMILY, hnsw_index_name, sql_literal
 from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
+from serving.prompt_syntax import plain_text
 
 KIND_ORDER = ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
 
@@ -395,7 +396,8 @@ class Retriever:
         return SearchResult(checkpoints, adapters, ordered)
 
     def _common(self, q: np.ndarray, words: str | None, top_k: int, pool: int) -> dict:
-        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "words": words or "", "space": self.space,
+        return {"q": "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]", "words": plain_text(words or ""),
+                "space": self.space,
                 "lexical_candidates": self.lexical_candidates, "pool": int(pool),
                 "k": int(top_k), "describer": self.describer, "prompt_version": self.prompt_version,
                 **FALLBACK_DESCRIBER}
