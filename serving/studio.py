@@ -10,9 +10,9 @@ Generate: the checkpoint is the retriever's top one (or `checkpoint_version_id`)
 and composed by `serving.composer` (weights, trigger words; or `adapters=[(version_id, weight), ...]` as given). Each
 chosen version's primary file (`served_model_versions.primary_file_sha256` / `primary_file_name`) is fetched through
 the verified download cache (a cache hit costs no network) and handed to the warm pipeline manager. Only LoRA-family
-adapters (LORA, LoCon, DoRA) are composed from the retrieved hits; textual inversions are loaded when a prompt calls
-them by name (A1111's way: `EasyNegative` in the negative prompt), hypernetworks and others are skipped with a note in
-the sidecar.
+adapters (LORA, LoCon, DoRA) are composed from the retrieved hits; textual inversions are loaded when the negative
+prompt calls them by name (A1111's way: `EasyNegative`), hypernetworks and others are skipped with a note in the
+sidecar.
 
 Edit: the instruction is parsed (`serving.instructions`, rule-based unless a backend is given). When the edit keeps
 the image's style (types 0 and 1, and 2 without a style change) the style checkpoint and style LoRA are retrieved
@@ -109,14 +109,16 @@ _LOOKUP = """
     WHERE s.version_id = ANY(:ids)"""
 
 
-# Textual inversions a prompt calls by name: A1111 names an embedding by its file's stem and matches it in any case.
-# The most downloaded version wins when several files share a stem; only the checkpoint's family fits its encoder.
+# Textual inversions a negative prompt calls by name: A1111 names an embedding by its file's stem and matches it in
+# any case. The most downloaded version wins when several files share a stem; only the checkpoint's family fits its
+# encoder, and only .safetensors files are ever read.
 _NAMED_EMBEDDINGS = """
     SELECT DISTINCT ON (stem) version_id FROM (
         SELECT version_id, version_download_count,
                lower(regexp_replace(primary_file_name, '[.][^.]*$', '')) AS stem
         FROM served_model_versions
-        WHERE model_type = 'TextualInversion' AND base_model_family = :family) named
+        WHERE model_type = 'TextualInversion' AND base_model_family = :family
+          AND primary_file_name ILIKE '%.safetensors') named
     WHERE stem = ANY(:words)
     ORDER BY stem, version_download_count DESC, version_id"""
 _WORD = re.compile(r"[\w.\-]+")
@@ -372,19 +374,26 @@ class Studio:
                                                           "words": words}).scalars().all()
         return list(self.lookup(ids).values())
 
-    def _embeddings(self, checkpoint: ModelRef, prompts: Sequence[str],
+    def _embeddings(self, checkpoint: ModelRef, negative_prompt: str,
                     notes: list[str]) -> tuple[list[EmbeddingUse], list[ModelRef]]:
-        """The named textual inversions, fetched; one that cannot be fetched is noted and its name stays a word."""
+        """The textual inversions the negative prompt names (where Civitai prompts call them: the whole catalogue
+        is a large namespace, and a positive prompt's ordinary words would call stray embeddings), fetched and
+        checked; one that cannot be fetched or loaded is noted and its name stays a word."""
         from crawlers.downloads import DownloadError
 
         used, refs = [], []
-        for ref in self.named_embeddings(checkpoint, *prompts):
+        for ref in self.named_embeddings(checkpoint, negative_prompt):
             try:
                 path = self.fetch(ref)
             except DownloadError as error:
                 notes.append(f"textual inversion {ref.name!r} (version {ref.version_id}) not loaded: {error}")
                 continue
-            used.append(EmbeddingUse(Path(ref.file_name or path.name).stem, path, (ref.sha256 or "").lower()))
+            embedding = EmbeddingUse(Path(ref.file_name or path.name).stem, path, (ref.sha256 or "").lower())
+            problem = self.manager.embedding_problem(embedding)
+            if problem:
+                notes.append(f"textual inversion {ref.name!r} (version {ref.version_id}) not loaded: {problem}")
+                continue
+            used.append(embedding)
             refs.append(ref)
         return used, refs
 
@@ -421,12 +430,13 @@ class Studio:
             retrieval["adapters"] = "given"
         else:
             retriever = self.retriever
-            hits = retriever.adapters(retriever.query_vector(prompt), self._checkpoint_hit(checkpoint), top_k)
+            hits = retriever.adapters(retriever.query_vector(prompt), self._checkpoint_hit(checkpoint), top_k,
+                                      words=prompt)
             composition, chosen = self._compose(prompt, hits, notes, rerank=rerank)
             retrieval["adapters"] = "retrieved by text" + (", reranked" if rerank else "")
         ckpt_path = self.fetch(checkpoint)
         loras = self._loras(chosen)
-        embeddings, embedding_refs = self._embeddings(checkpoint, (composition.prompt, negative_prompt), notes)
+        embeddings, embedding_refs = self._embeddings(checkpoint, negative_prompt, notes)
         result = run_generate(self.manager, checkpoint_path=ckpt_path, checkpoint_sha256=checkpoint.sha256.lower(),
                               loras=loras, embeddings=embeddings, prompt=composition.prompt,
                               negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, width=width,
@@ -475,7 +485,8 @@ class Studio:
             if style_hit is not None:
                 hits.append(style_hit)
                 forced[style_hit.version_id] = (IMAGE_STYLE_KEYWORD,)
-        text_hits = retriever.adapters(retriever.query_vector(prompt), self._checkpoint_hit(checkpoint), top_k)
+        text_hits = retriever.adapters(retriever.query_vector(prompt), self._checkpoint_hit(checkpoint), top_k,
+                                       words=prompt)
         hits += [h for h in text_hits if h.version_id not in forced]
         composition, chosen = self._compose(prompt, hits, notes, forced=forced)
 
@@ -500,7 +511,7 @@ class Studio:
                 init = init.resize(rgb.size)
         ckpt_path = self.fetch(checkpoint)
         loras = self._loras(chosen)
-        embeddings, embedding_refs = self._embeddings(checkpoint, (composition.prompt, negative_prompt), notes)
+        embeddings, embedding_refs = self._embeddings(checkpoint, negative_prompt, notes)
         outcome = edit_image(self.manager, image=init, mode=mode, mask=mask, checkpoint_path=ckpt_path,
                              checkpoint_sha256=checkpoint.sha256.lower(), loras=loras, embeddings=embeddings,
                              prompt=composition.prompt,
