@@ -128,10 +128,11 @@ def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Seque
     if not 0 < dimension <= HNSW_MAX_DIMENSIONS:
         raise ValueError(f"pgvector 0.6 indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, space {space!r} has {dimension}")
     created = []
+    # Stale family indexes go in a short transaction of their own: a DROP locks the table against every search, and
+    # must not hold that lock through the builds below.
     with engine.begin() as conn:
         existing = dict(conn.execute(text(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'embeddings'")).all())
-        conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
         wanted = [(role, None, f"role = {sql_literal(role)}") for role in roles]
         if "adapter" in roles:
             wanted += [(FAMILY, family, f"base_model_family = {sql_literal(family)}")
@@ -141,6 +142,8 @@ def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Seque
                 if (name.startswith(HNSW_INDEX_PREFIX) and name not in wanted_names and "base_model_family" in definition
                         and f"space = {sql_literal(space)}::text" in definition):
                     driver_cursor(conn).execute(f"DROP INDEX {name}")
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
         for role, family, predicate in wanted:
             name = hnsw_index_name(space, role, family)
             if name in existing:
