@@ -86,7 +86,9 @@ def generate(
     strength: float = 0.75,
 ) -> GenerationResult:
     """One image. `seed` -1 or None draws a random seed (reported in the result and the PNG parameters). The
-    prompts are read as A1111 reads them (emphasis, BREAK, any length: serving/prompt_syntax.py); `clip_skip`
+    prompts are read as A1111 reads them (emphasis, BREAK, any length: serving/prompt_syntax.py); `embeddings` are
+    textual inversions to load first, and, as in A1111, every embedding loaded on the pipeline answers to its name
+    (the PNG's TI hashes list the ones the prompts use); `clip_skip`
     counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
     `serving.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
     sampler string ('DPM++ 2M Karras')."""
@@ -114,6 +116,7 @@ def generate(
         entry, load_s = manager.get(checkpoint_path, sha)
         lora_info = manager.set_loras(entry, loras)
         manager.load_embeddings(entry, embeddings)
+        embeddings = manager.embeddings_in(entry, (clean_prompt, clean_negative))  # loaded earlier ones included
         pipe = manager.variant(entry, kind)
         pipe.scheduler = manager.scheduler(entry, scheduler)
         call: dict[str, Any] = {

@@ -281,7 +281,7 @@ class LoadedPipeline:
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # LoraUse.key -> adapter name, LRU order
     active: tuple[tuple[str, float], ...] = ()
     variants: dict[str, Any] = field(default_factory=dict)
-    embeddings: dict[str, str] = field(default_factory=dict)  # token -> EmbeddingUse.key of what it calls
+    embeddings: dict[str, EmbeddingUse] = field(default_factory=dict)  # token -> the embedding it calls
 
     @property
     def adapter_names(self) -> list[str]:
@@ -496,13 +496,14 @@ class PipelineManager:
     def load_embeddings(self, entry: LoadedPipeline, embeddings: Sequence[EmbeddingUse]) -> list[str]:
         """Make each embedding's word call it on this pipeline (and its img2img/inpaint variants, which share its
         tokenizer and text encoder). Loaded once and kept: a word no prompt uses costs nothing. Returns the tokens
-        loaded now; an embedding that cannot be loaded (embedding_problem) is a GenerationError."""
+        loaded now; an embedding that cannot be loaded (embedding_problem) is a GenerationError. As in A1111, every
+        loaded embedding answers to its name afterwards; `embeddings_in` tells which ones a prompt used."""
         loaded = []
         with self.lock:
             for embedding in embeddings:
                 token, path = embedding.token, Path(embedding.path)
                 if token in entry.embeddings:
-                    if entry.embeddings[token] != embedding.key:
+                    if entry.embeddings[token].key != embedding.key:
                         raise GenerationError(f"two textual inversions are called {embedding.name!r}: the second "
                                               f"({path.name}) would replace the first on a warm pipeline")
                     continue
@@ -517,9 +518,20 @@ class PipelineManager:
                 except Exception as exc:  # another model's width, a word CLIP already has, a corrupt file
                     raise GenerationError(f"textual inversion {embedding.name!r} ({path.name}) could not be "
                                           f"loaded: {exc}") from exc
-                entry.embeddings[token] = embedding.key
+                entry.embeddings[token] = embedding
                 loaded.append(token)
         return loaded
+
+    @staticmethod
+    def embeddings_in(entry: LoadedPipeline, prompts: Sequence[str]) -> list[EmbeddingUse]:
+        """The pipeline's loaded embeddings whose word occurs in the prompts (what the PNG's TI hashes list)."""
+        from serving.prompt_syntax import plain_text
+
+        tokenizer = entry.pipe.tokenizer
+        ids = {token for prompt in prompts
+               for token in tokenizer(plain_text(prompt).lower(), add_special_tokens=False)["input_ids"]}
+        return [embedding for token, embedding in entry.embeddings.items()
+                if tokenizer.convert_tokens_to_ids(token) in ids]
 
     def _load_adapter(self, entry: LoadedPipeline, lora: LoraUse, name: str) -> None:
         try:

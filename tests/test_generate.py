@@ -330,6 +330,9 @@ def test_a_textual_inversion_word_calls_its_vectors(manager, tiny, tmp_path):
     assert not np.array_equal(pixels(called), as_text)
     assert np.array_equal(pixels(run(manager, tiny, negative_prompt="GRUBBLY, blurry", embeddings=[grubbly])),
                           pixels(called))  # A1111 matches the name in any case
+    again = run(manager, tiny, negative_prompt="grubbly, blurry")  # loaded: it answers to its name, and is listed
+    assert np.array_equal(pixels(again), pixels(called)) and 'TI hashes: "Grubbly: ' in again.parameters_text
+    assert "TI hashes" not in run(manager, tiny, negative_prompt="blurry", embeddings=[grubbly]).parameters_text
     entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
     tokenizer = entry.pipe.tokenizer
     (chunk,) = chunk_prompt(tokenizer, "grubbly cat", lambda text: entry.pipe.maybe_convert_prompt(text, tokenizer))

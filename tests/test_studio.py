@@ -324,10 +324,10 @@ def test_a_textual_inversion_the_negative_prompt_names_is_fetched_and_loaded(wor
     world["files"].blobs[929999] = (path.name, path.read_bytes())
 
     studio = world["studio"]
+    plain, plain_sidecar = studio.generate(PROMPT + ", grubblyneg", negative_prompt="blurry", steps=2, width=64,
+                                           height=64, seed=3)  # only the negative prompt calls embeddings
+    assert plain_sidecar["embeddings"] == [] and "TI hashes" not in plain.parameters_text
     result, sidecar = studio.generate(PROMPT, negative_prompt="grubblyneg, blurry", steps=2, width=64, height=64,
                                       seed=3)
     assert [ref["version_id"] for ref in sidecar["embeddings"]] == [929999]
     assert parse_parameters(result.parameters_text).ti_hashes == {"GrubblyNeg": file_sha256(path)[:10]}
-    plain, plain_sidecar = studio.generate(PROMPT + ", grubblyneg", negative_prompt="blurry", steps=2, width=64,
-                                           height=64, seed=3)  # only the negative prompt calls embeddings
-    assert plain_sidecar["embeddings"] == [] and "TI hashes" not in plain.parameters_text
