@@ -102,13 +102,13 @@ _DESCRIPTION = """
 _POPULARITY = "least(1.0, ln(1 + v.download_count) / ln(1000000.0))"
 _CO_USAGE = "least(1.0, ln(1 + coalesce(l.image_count, 0)) / ln(50.0))"
 # The query's words that occur in the space's texts of a role, with BM25's IDF (Lucene's, never negative) and each
-# lexeme as a one-word tsquery literal. Words are split on spaces and commas first, so a match can be shown as the
+# lexeme as a one-word tsquery (quoted, so any lexeme is a literal). Words are split on spaces and commas first, so a match can be shown as the
 # word the user wrote; each is parsed and stemmed as the documents were (db/lexicon.py).
 _TERMS = r"""
                 SELECT l.lexeme, min(w.word) AS word, count(*) AS query_count, t.documents,
                        ln(1 + (n.documents - t.documents + 0.5) / (t.documents + 0.5)) AS idf,
                        n.documents AS corpus, n.average_length,
-                       '''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''' AS quoted
+                       CAST('''' || replace(replace(l.lexeme, '\', '\\'), '''', '''''') || '''' AS tsquery) AS query
                 FROM regexp_split_to_table(coalesce(CAST(:words AS text), ''), '[\s,]+') AS w(word)
                 CROSS JOIN LATERAL unnest(to_tsvector('{config}', w.word)) AS l
                 CROSS JOIN LATERAL (SELECT documents FROM lexical_terms  -- a key lookup per word, not a hash
@@ -132,7 +132,7 @@ _BM25 = f"""
 # The query's words a result's text holds, best (rarest) first: for the k results only.
 _MATCHED_WORDS = """
         SELECT coalesce(array_agg(t.word ORDER BY t.idf DESC, t.word), '{}') AS words
-        FROM embeddings e JOIN terms t ON e.lexemes @@ CAST(t.quoted AS tsquery)
+        FROM embeddings e JOIN terms t ON e.lexemes @@ t.query
         WHERE e.version_id = r.version_id AND e.space = :space"""
 # Candidates are scored on the plain tables first; only the top few are joined to the served view and descriptions.
 _RESULT = f"""
@@ -248,7 +248,7 @@ class Retriever:
             terms AS MATERIALIZED ({_TERMS.format(config=TEXT_SEARCH_CONFIG, space=space, role=role_sql)}
             ),
             rare AS MATERIALIZED (
-                SELECT idf, CAST(quoted AS tsquery) AS query FROM terms
+                SELECT idf, query FROM terms
                 WHERE documents <= {RARE_SHARE} * corpus ORDER BY documents, lexeme LIMIT {RARE_TERMS}
             ),
             lexical AS MATERIALIZED (
@@ -264,21 +264,20 @@ class Retriever:
 
     def _ranked_sql(self, evidence: str, where: str, co_usage_images: str = "0", joins: str = "") -> str:
         """`ranked`: the pool's rows that pass `where`, scored as similarity + `evidence` + the lexical weight times
-        the row's BM25 relative to the best in the pool (a row that matches the query's words best gets 1)."""
+        the row's BM25 relative to the best of those rows (the row that matches the query's words best gets 1)."""
         return f""",
             bm25 AS ({_BM25.format(space=sql_literal(self.space))}
             ),
             scored AS (
                 SELECT c.version_id, c.similarity, {co_usage_images} AS co_usage_images,
-                       c.similarity + {evidence} AS evidence, coalesce(x.bm25, 0) AS bm25
+                       c.similarity + {evidence} AS evidence,
+                       coalesce(x.bm25 / nullif(max(x.bm25) OVER (), 0), 0) AS lexical
                 FROM c JOIN model_versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id{joins}
                 LEFT JOIN bm25 x ON x.version_id = c.version_id
                 WHERE {where}
             ),
             ranked AS (
-                SELECT version_id, similarity, co_usage_images,
-                       coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS lexical,
-                       evidence + :lex * coalesce(bm25 / nullif(max(bm25) OVER (), 0), 0) AS score
+                SELECT version_id, similarity, co_usage_images, lexical, evidence + :lex * lexical AS score
                 FROM scored ORDER BY score DESC, version_id LIMIT :k + {RANK_MARGIN}
             )"""
 
