@@ -47,6 +47,11 @@ class GenerationError(RuntimeError):
     """A checkpoint or LoRA could not be used (wrong family, corrupt file, missing dependency)."""
 
 
+def file_key(sha256: str | None, path: str | Path) -> str:
+    """What identifies a LoRA or embedding file on a warm pipeline: its sha256, else its resolved path."""
+    return (sha256 or "").lower() or str(Path(path).resolve())
+
+
 @dataclass(frozen=True)
 class LoraUse:
     """One LoRA file to apply at `weight`; `name` is what the prompt's `<lora:name:w>` tag and the PNG show."""
@@ -58,7 +63,7 @@ class LoraUse:
 
     @property
     def key(self) -> str:
-        return (self.sha256 or "").lower() or str(Path(self.path).resolve())
+        return file_key(self.sha256, self.path)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class EmbeddingUse:
 
     @property
     def key(self) -> str:
-        return (self.sha256 or "").lower() or str(Path(self.path).resolve())
+        return file_key(self.sha256, self.path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

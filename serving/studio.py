@@ -363,10 +363,10 @@ class Studio:
         os.replace(staging, link)
         return link
 
-    def named_embeddings(self, checkpoint: ModelRef, *prompts: str) -> list[ModelRef]:
-        """The served textual inversions of the checkpoint's family that the prompts call by name (e.g.
+    def named_embeddings(self, checkpoint: ModelRef, prompt: str) -> list[ModelRef]:
+        """The served textual inversions of the checkpoint's family that a prompt calls by name (e.g.
         `EasyNegative` in a negative prompt pasted from Civitai)."""
-        words = sorted({word.lower().strip(".-") for prompt in prompts for word in _WORD.findall(prompt)} - {""})
+        words = sorted({word.lower().strip(".-") for word in _WORD.findall(prompt)} - {""})
         if not words:
             return []
         with self.engine.connect() as conn:
@@ -385,11 +385,10 @@ class Studio:
         for ref in self.named_embeddings(checkpoint, negative_prompt):
             try:
                 path = self.fetch(ref)
+                embedding = EmbeddingUse(Path(ref.file_name or path.name).stem, path, (ref.sha256 or "").lower())
+                problem = self.manager.embedding_problem(embedding)
             except DownloadError as error:
-                notes.append(f"textual inversion {ref.name!r} (version {ref.version_id}) not loaded: {error}")
-                continue
-            embedding = EmbeddingUse(Path(ref.file_name or path.name).stem, path, (ref.sha256 or "").lower())
-            problem = self.manager.embedding_problem(embedding)
+                problem = str(error)
             if problem:
                 notes.append(f"textual inversion {ref.name!r} (version {ref.version_id}) not loaded: {problem}")
                 continue
