@@ -36,8 +36,8 @@ def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int,
             device: str | None, scheduler: str) -> dict:
     import torch
 
-    from serving.generate import LoraUse, generate
-    from serving.pipelines import PipelineManager, file_sha256
+    from serving.studio.generate import LoraUse, generate
+    from serving.studio.pipelines import PipelineManager, file_sha256
 
     ckpt_sha = file_sha256(checkpoint)
     uses = [LoraUse(p.stem, p, file_sha256(p), 0.8) for p in loras]
@@ -159,7 +159,9 @@ def main() -> None:
 
     import torch
 
-    from serving import sd_components as sdc
+    from serving.studio import sd_components as sdc
+
+    from testkit import tiny_sd
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="zoo-bench-gen-"))
     cuda = torch.cuda.is_available()
@@ -168,9 +170,9 @@ def main() -> None:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     tiny_config = sdc.write_sd15_config(workdir / "tiny-config", "tiny")
-    pipe = sdc.build_random_pipeline(tiny_config, seed=0)
-    ckpt = sdc.save_single_file(pipe, workdir / "tiny.safetensors")
-    loras = [sdc.write_random_kohya_lora(pipe, workdir / f"tiny-lora-{i}.safetensors", seed=i + 1) for i in range(4)]
+    pipe = tiny_sd.build_random_pipeline(tiny_config, seed=0)
+    ckpt = tiny_sd.save_single_file(pipe, workdir / "tiny.safetensors")
+    loras = [tiny_sd.write_random_kohya_lora(pipe, workdir / f"tiny-lora-{i}.safetensors", seed=i + 1) for i in range(4)]
     del pipe
     tiny = measure(tiny_config, ckpt, loras, size=args.size, steps=args.steps, repeats=args.repeats,
                    device="cpu", scheduler=args.scheduler)

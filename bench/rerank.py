@@ -39,7 +39,7 @@ def _text(rng: random.Random, words: int) -> str:
 def build_inputs(tok, prefix_tokens: int, candidate_tokens: int, n: int, seed: int = 0):
     """A prompt whose prefix is about `prefix_tokens` long and `n` candidates whose branches are `candidate_tokens`
     long (descriptions longer than the budget, cut by it); returns (prompt, candidates, budget, P, mean L)."""
-    from serving.rerank import Candidate, token_lengths
+    from serving.search.rerank import Candidate, token_lengths
 
     rng = random.Random(seed)
     pool = [rng.choice(WORDS) for _ in range(prefix_tokens * 2)]
@@ -67,7 +67,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
 
 
 def bench_n(model, tok, n: int, args) -> dict:
-    from serving.rerank import score_independent, score_listwise, score_tree, tree_rerank
+    from serving.search.rerank import score_independent, score_listwise, score_tree, tree_rerank
 
     prompt, candidates, budget, p, mean_l = build_inputs(tok, args.prefix_tokens, args.candidate_tokens, n)
     rounds = pruned_rounds(budget)
@@ -122,7 +122,7 @@ TOP = 5  # how many of the full-budget top candidates the pruned rounds must kee
 
 def pruned_rounds(budget: int) -> tuple[tuple[int, float], ...]:
     """The product's way to spend the budget: every candidate read at a quarter of it, the best quarter re-read
-    in full (serving.rerank.tree_rerank); timed beside the exact one-round scorers."""
+    in full (serving.search.rerank.tree_rerank); timed beside the exact one-round scorers."""
     return ((max(1, budget // 4), 0.25), (budget, 1.0))
 
 
@@ -149,18 +149,19 @@ def main() -> None:
 
     import torch
 
-    from serving.llm import ModelNotInstalled, default_smollm2_dir, load_smollm2
+    from config import Settings
+    from serving.search.llm import ModelNotInstalled, load_smollm2, smollm2_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, tok = load_smollm2(args.model_dir or default_smollm2_dir(), device="cpu")
+        model, tok = load_smollm2(args.model_dir or smollm2_dir(Settings.from_env().zoo_home), device="cpu")
     except ModelNotInstalled as missing:
         print(f"skipped: {missing}")
         print(json.dumps({"bench": "rerank", "skipped": str(missing)}))
         return
 
-    from serving.rerank import score_independent, score_listwise, score_tree
+    from serving.search.rerank import score_independent, score_listwise, score_tree
 
     prompt, warm, budget, _, _ = build_inputs(tok, args.prefix_tokens, args.candidate_tokens, 2)
     for method in ("cache", "packed"):

@@ -364,7 +364,7 @@ class HeldOut:
 
 
 def with_weights(retriever, **weights):
-    from serving.retrieval import Weights
+    from serving.search.retrieval import Weights
 
     clone = copy.copy(retriever)
     clone.weights = Weights(**{**asdict(retriever.weights), **weights})
@@ -382,7 +382,7 @@ def run_zoo(retriever, queries: list[Query], system: System) -> dict[str, tuple[
 
 def checkpoint_hit(version_id: int, family: str):
     """A level-1 answer as level 2 reads it (the version for co-usage, the family for the filter)."""
-    from serving.retrieval import Hit
+    from serving.search.retrieval import Hit
 
     return Hit(model_id=0, version_id=version_id, name=str(version_id), version_name="", type="Checkpoint",
                kind="checkpoint", base_model=None, base_model_family=family, score=0.0, similarity=0.0, downloads=0,
@@ -672,7 +672,7 @@ GENERIC_ADAPTERS = 20  # the most-used adapters (detail tweakers, noise offsets,
 def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None:
     os.environ["DATABASE_URL"] = url
     from config import Settings
-    from serving.api import open_retriever
+    from serving.search.api import open_retriever
 
     retriever = open_retriever(Settings.from_env())
     engine = retriever.engine

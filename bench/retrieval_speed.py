@@ -168,7 +168,7 @@ class FaissHNSW:
 def query_words(q: np.ndarray) -> str:
     """The words a query vector stands for: drawn like the zoo's texts, seeded by the vector (so each method gets
     the same words for the same query)."""
-    from db.synthetic import synthetic_words
+    from testkit.synthetic_zoo import synthetic_words
 
     seed = int.from_bytes(hashlib.blake2b(q.tobytes(), digest_size=8).digest(), "little")
     return synthetic_words(np.random.default_rng(seed), QUERY_WORDS)
@@ -218,7 +218,7 @@ def pg_index_check(retriever, space: str, q: np.ndarray) -> dict[str, bool]:
     from sqlalchemy import text
 
     from db.vectors import FAMILY, hnsw_index_name
-    from serving.retrieval import FAMILY_INDEX
+    from serving.search.retrieval import FAMILY_INDEX
 
     checkpoint = retriever.checkpoints(q, 1)[0]
     family = checkpoint.base_model_family if retriever.adapter_plan(checkpoint, TOP_K)[1] == FAMILY_INDEX else None
@@ -244,7 +244,7 @@ def single_threaded():
 
 def synthetic_vectors(args, d: int, checkpoints: int, adapters: int, spread: float, first_id: int):
     """The vectors create_synthetic_zoo would insert, without a database."""
-    from db.synthetic import FAMILIES, SyntheticZoo, clustered_unit_vectors
+    from testkit.synthetic_zoo import FAMILIES, SyntheticZoo, clustered_unit_vectors
 
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((args.clusters, d)).astype(np.float32)
@@ -260,9 +260,9 @@ def synthetic_vectors(args, d: int, checkpoints: int, adapters: int, spread: flo
 def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, first_id: int) -> dict:
     from sqlalchemy import text
 
-    from db.synthetic import SyntheticSpace, create_synthetic_zoo
+    from testkit.synthetic_zoo import SyntheticSpace, create_synthetic_zoo
     from db.vectors import HNSW_MAX_DIMENSIONS, ensure_hnsw_indexes
-    from serving.retrieval import Retriever, Weights
+    from serving.search.retrieval import Retriever, Weights
 
     d = args.dimension
     print(f"\n== scale {scale}: {checkpoints:,} checkpoints, {adapters:,} adapters, {d} dims, {args.queries} queries "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from importlib import resources
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,3 +89,8 @@ def _flush(engine: Engine, batch: list[object], batch_shas: list[str], source: s
     batch_shas.clear()
     if on_batch:
         on_batch(report.items_received)
+
+
+def snapshot_path() -> Path:
+    """The small hand-written Civitai-format snapshot the project ships for machines without Civitai."""
+    return Path(str(resources.files("crawlers") / "snapshot" / "sample_models.jsonl"))

@@ -74,7 +74,7 @@ class RefreshOutcome:
                 for run in self.runs for event in run.all_events if event.is_step_failure]
 
 
-def refresh_zoo(*, database_url: str | None = None, civitai: CivitaiResource | None = None,
+def refresh_zoo(settings=None, *, database_url: str | None = None, civitai: CivitaiResource | None = None,
                 models: ModelsResource | None = None, instance: DagsterInstance | None = None,
                 **catalogue_options) -> RefreshOutcome:
     """The whole graph: catalogue, every describe/embed shard, then the index; stops at the first failed run."""

@@ -1,4 +1,4 @@
-"""The `zoo` command line, called in-process (serving.cli.main) against the module's real database.
+"""The `zoo` command line, called in-process (cli.main.main) against the module's real database.
 
 Settings come from the environment (DATABASE_URL, ZOO_HOME, CIVITAI_BASE_URL), set with monkeypatch; output is
 read with capsys. Counts are the facts of tests/fixtures/README.md.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from serving import cli
+from cli import main as cli
 
 try:
     from tests.helpers import FIXTURES, truncate_all

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from serving.composer import Adapter, compose, lora_name, prompt_keywords, proper_nouns
+from serving.studio.composer import Adapter, compose, lora_name, prompt_keywords, proper_nouns
 
 
 def _ids(composition) -> list[str]:

@@ -13,10 +13,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 np = pytest.importorskip("numpy")
 
-from serving import sd_components as sdc
-from serving.generate import LoraUse, generate, save_png, strip_lora_tags
-from serving.pipelines import PipelineManager, file_sha256
-from serving.png_info import GenerationParameters, parse_parameters, read_png_parameters
+from serving.studio import sd_components as sdc
+
+from testkit import tiny_sd
+from serving.studio.generate import LoraUse, generate, save_png, strip_lora_tags
+from serving.studio.pipelines import PipelineManager, file_sha256
+from serving.studio.png_info import GenerationParameters, parse_parameters, read_png_parameters
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SIZE = 64
@@ -30,13 +32,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd-gen")
     config = sdc.write_sd15_config(root / "config", "tiny")
-    pipe = sdc.build_random_pipeline(config, seed=0)
-    ckpt = sdc.save_single_file(pipe, root / "tiny-ckpt.safetensors")
+    pipe = tiny_sd.build_random_pipeline(config, seed=0)
+    ckpt = tiny_sd.save_single_file(pipe, root / "tiny-ckpt.safetensors")
     loras = {
-        "ink": sdc.write_random_kohya_lora(pipe, root / "ink.safetensors", seed=1),
-        "neon": sdc.write_random_kohya_lora(pipe, root / "neon.safetensors", seed=2),
+        "ink": tiny_sd.write_random_kohya_lora(pipe, root / "ink.safetensors", seed=1),
+        "neon": tiny_sd.write_random_kohya_lora(pipe, root / "neon.safetensors", seed=2),
         # text-encoder part without out_proj: needs the loader's workaround for diffusers' format detection
-        "te_qv": sdc.write_random_kohya_lora(
+        "te_qv": tiny_sd.write_random_kohya_lora(
             pipe,
             root / "te_qv.safetensors",
             seed=3,
@@ -226,7 +228,7 @@ def test_clip_skip_counts_as_a1111(manager, tiny):
 
 
 def test_plain_prompts_encode_as_diffusers_does(manager, tiny):
-    from serving.prompt_syntax import encode_prompts
+    from serving.studio.prompt_syntax import encode_prompts
 
     entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
     manager.set_loras(entry, [])
@@ -237,7 +239,7 @@ def test_plain_prompts_encode_as_diffusers_does(manager, tiny):
 
 
 def test_emphasis_weighs_the_embeddings(manager, tiny):
-    from serving.prompt_syntax import encode_prompts, final_layer_norm
+    from serving.studio.prompt_syntax import encode_prompts, final_layer_norm
 
     entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
     manager.set_loras(entry, [])
@@ -260,7 +262,7 @@ def test_emphasis_weighs_the_embeddings(manager, tiny):
 
 
 def test_a_prompt_past_77_tokens_is_read_to_its_end(manager, tiny):
-    from serving.prompt_syntax import encode_prompts
+    from serving.studio.prompt_syntax import encode_prompts
 
     head = ", ".join(["a watercolor castle on a hill"] * 14)  # about 90 tokens
     entry, _ = manager.get(tiny["ckpt"], tiny["sha"])
@@ -274,7 +276,7 @@ def test_a_prompt_past_77_tokens_is_read_to_its_end(manager, tiny):
 def test_a_lora_that_does_not_fit_is_refused_and_leaves_the_pipeline_clean(manager, tiny, tmp_path):
     from safetensors.torch import save_file
 
-    from serving.pipelines import GenerationError
+    from serving.studio.pipelines import GenerationError
 
     module = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     wrong_shape = tmp_path / "wrong_shape.safetensors"  # as an SD 1.5 LoRA is for another width
@@ -321,8 +323,8 @@ def write_embedding(path, vectors: int, width: int = 32, seed: int = 0):
 
 
 def test_a_textual_inversion_word_calls_its_vectors(manager, tiny, tmp_path):
-    from serving.generate import EmbeddingUse
-    from serving.prompt_syntax import chunk_prompt
+    from serving.studio.generate import EmbeddingUse
+    from serving.studio.prompt_syntax import chunk_prompt
 
     as_text = pixels(run(manager, tiny, negative_prompt="grubbly, blurry"))  # no embedding: plain words
     grubbly = EmbeddingUse("Grubbly", write_embedding(tmp_path / "Grubbly.safetensors", vectors=2))
@@ -342,8 +344,8 @@ def test_a_textual_inversion_word_calls_its_vectors(manager, tiny, tmp_path):
 
 
 def test_textual_inversions_that_cannot_load_are_refused_cleanly(manager, tiny, tmp_path):
-    from serving.generate import EmbeddingUse
-    from serving.pipelines import GenerationError
+    from serving.studio.generate import EmbeddingUse
+    from serving.studio.pipelines import GenerationError
 
     before = pixels(run(manager, tiny, negative_prompt="blurry"))
     pickle = tmp_path / "old.pt"
@@ -357,10 +359,10 @@ def test_textual_inversions_that_cannot_load_are_refused_cleanly(manager, tiny, 
 
 def test_an_embedding_loaded_on_one_checkpoint_leaves_the_others_alone(manager, tiny, tmp_path):
     """Each warm pipeline has its own tokenizer: an embedding's word added on one is plain text on another."""
-    from serving.generate import EmbeddingUse
+    from serving.studio.generate import EmbeddingUse
 
-    other_pipe = sdc.build_random_pipeline(tiny["config"], seed=11)
-    other = sdc.save_single_file(other_pipe, tmp_path / "other-ckpt.safetensors")
+    other_pipe = tiny_sd.build_random_pipeline(tiny["config"], seed=11)
+    other = tiny_sd.save_single_file(other_pipe, tmp_path / "other-ckpt.safetensors")
 
     def on_other(**kw):
         return pixels(generate(manager, checkpoint_path=other, prompt="a castle", negative_prompt="smudgy",

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serving.instructions import (
+from serving.studio.instructions import (
     BackendError,
     EditInstruction,
     InstructionParser,
@@ -234,11 +234,12 @@ def test_openai_backend_unreachable_and_bad_options():
 
 def test_smollm2_backend_gives_a_valid_instruction():
     torch = pytest.importorskip("torch")
-    from serving.instructions import TransformersChat
-    from serving.llm import ModelNotInstalled, default_smollm2_dir, load_smollm2
+    from serving.studio.instructions import TransformersChat
+    from config import Settings
+    from serving.search.llm import ModelNotInstalled, load_smollm2, smollm2_dir
 
     try:
-        model, tok = load_smollm2(default_smollm2_dir())
+        model, tok = load_smollm2(smollm2_dir(Settings.from_env().zoo_home))
     except ModelNotInstalled as missing:
         pytest.skip(str(missing))
     replies = []

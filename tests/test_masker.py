@@ -1,4 +1,4 @@
-"""serving.masker: selection, dilation, spatial prior, size filter and fallback with a deterministic proposer and a
+"""serving.studio.masker: selection, dilation, spatial prior, size filter and fallback with a deterministic proposer and a
 colour-reading CLIP stand-in; placement for additions; odd inputs; and the real code paths (segment-anything's
 automatic mask generator, open_clip) with tiny random models built here. Nothing is downloaded."""
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from embedding.encoders import OpenClipEncoder
-from serving.masker import (
+from serving.studio.masker import (
     FILL_RGB,
     MaskerError,
     RegionMask,
@@ -233,7 +233,7 @@ def test_whole_image_fallback(red_square: Image.Image, caplog: pytest.LogCapture
     tiny = _box(S, S, 30, 30, 32, 32)
     for proposals in ([], [tiny, np.ones((S, S), bool)], [np.zeros((S, S), bool)]):
         masker = RegionMasker(FixedProposer(proposals), ColourClip())
-        with caplog.at_level(logging.WARNING, logger="serving.masker"):
+        with caplog.at_level(logging.WARNING, logger="serving.studio.masker"):
             result = masker.mask_for_subject(red_square, "the red square + left")
         assert result.source == "whole-image"
         assert result.mask.all() and result.mask.shape == (S, S) and result.bbox == (0, 0, S, S)
@@ -399,7 +399,7 @@ def test_sam_proposer_min_region_area_without_opencv(caplog: pytest.LogCaptureFi
     try:
         import cv2  # noqa: F401
     except ImportError:
-        with caplog.at_level(logging.WARNING, logger="serving.masker"):
+        with caplog.at_level(logging.WARNING, logger="serving.studio.masker"):
             proposer = SamMaskProposer(model=_tiny_sam(), points_per_side=2, pred_iou_thresh=0.0,
                                        stability_score_thresh=0.0, min_mask_region_area=20)
         assert "opencv" in caplog.text and proposer.generator.min_mask_region_area == 0

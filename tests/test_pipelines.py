@@ -14,8 +14,10 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("open_clip")
 
-from serving import sd_components as sdc
-from serving.pipelines import (
+from serving.studio import sd_components as sdc
+
+from testkit import tiny_sd
+from serving.studio.pipelines import (
     SCHEDULERS,
     GenerationError,
     PipelineManager,
@@ -38,13 +40,13 @@ def tiny(tmp_path_factory):
     """Tiny config folder, one random pipeline, and three distinct single-file checkpoints built from it."""
     root = tmp_path_factory.mktemp("sd-tiny")
     config = sdc.write_sd15_config(root / "config", "tiny")
-    pipe = sdc.build_random_pipeline(config, seed=0)
+    pipe = tiny_sd.build_random_pipeline(config, seed=0)
     ckpts = []
     for i in range(3):
         if i:
             with torch.no_grad():
                 pipe.unet.conv_out.bias.add_(0.05)  # a different checkpoint (different bytes, different sha256)
-        ckpts.append(sdc.save_single_file(pipe, root / f"tiny-{i}.safetensors"))
+        ckpts.append(tiny_sd.save_single_file(pipe, root / f"tiny-{i}.safetensors"))
     return {"root": root, "config": config, "ckpts": ckpts}
 
 
@@ -94,7 +96,7 @@ def test_sd15_configs_build_sd15_sized_models_with_the_original_key_layout(tmp_p
 
     fake = _Pipe()
     fake.unet, fake.vae, fake.text_encoder = unet, vae, te
-    original = sdc.diffusers_to_original(fake)
+    original = tiny_sd.diffusers_to_original(fake)
     assert "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" in original
     assert "first_stage_model.decoder.up.0.block.0.conv1.weight" in original
     assert "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" in original
@@ -157,7 +159,7 @@ def test_single_file_roundtrip_is_exact(tiny, monkeypatch):
     manager = PipelineManager(tiny["config"], device="cpu")
     entry, load_s = manager.get(tiny["ckpts"][0])
     assert load_s > 0 and manager.loads == 1
-    reference = sdc.build_random_pipeline(tiny["config"], seed=0)  # the weights tiny-0 was saved from
+    reference = tiny_sd.build_random_pipeline(tiny["config"], seed=0)  # the weights tiny-0 was saved from
     for name in ("unet", "vae", "text_encoder"):
         ours, ref = getattr(entry.pipe, name).state_dict(), getattr(reference, name).state_dict()
         assert set(ours) == set(ref), name

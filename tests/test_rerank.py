@@ -15,8 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from serving import rerank  # noqa: E402
-from serving.rerank import (  # noqa: E402
+from serving.search import rerank  # noqa: E402
+from serving.search.rerank import (  # noqa: E402
     Candidate,
     parse_ranking,
     score_independent,
@@ -219,10 +219,11 @@ def test_parse_ranking(text, expected):
 
 def test_smollm2_tree_equals_independent():
     """The real weights: exact, and both scoring layouts agree."""
-    from serving.llm import ModelNotInstalled, default_smollm2_dir, load_smollm2
+    from config import Settings
+    from serving.search.llm import ModelNotInstalled, load_smollm2, smollm2_dir
 
     try:
-        model, tok = load_smollm2(default_smollm2_dir())
+        model, tok = load_smollm2(smollm2_dir(Settings.from_env().zoo_home))
     except ModelNotInstalled as missing:
         pytest.skip(str(missing))
     candidates = [
@@ -242,7 +243,7 @@ def test_smollm2_tree_equals_independent():
 def test_missing_smollm2_package_says_how_to_install(monkeypatch, tmp_path):
     import importlib.metadata
 
-    from serving import llm
+    from serving.search import llm
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from config import Settings
+from crawlers.dump import snapshot_path
 from orchestration.run import refresh_zoo
-from serving.api import open_retriever
-from serving.cli import snapshot_path
-from serving.retrieval import Filters, Retriever, Weights
+from serving.search import open_retriever
+from serving.search.retrieval import Filters, Retriever, Weights
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def retriever(zoo) -> Retriever:
-    return open_retriever()
+    return open_retriever(Settings.from_env())
 
 
 @pytest.mark.parametrize(("prompt", "checkpoint"), [
@@ -176,7 +177,7 @@ def test_a_changed_card_re_describes_and_re_embeds_one_version(zoo, engine, data
 # ---------------------------------------------------------------- the command line
 
 def test_zoo_search_json(zoo, capsys) -> None:
-    from serving.cli import main
+    from cli.main import main
 
     assert main(["search", "pixel art castle on a hill", "--json", "--top-k", "4"]) == 0
     answer = json.loads(capsys.readouterr().out)
@@ -187,7 +188,7 @@ def test_zoo_search_json(zoo, capsys) -> None:
 
 
 def test_zoo_search_queries_file_answers_every_line(zoo, capsys, tmp_path: Path) -> None:
-    from serving.cli import main
+    from cli.main import main
 
     queries = tmp_path / "queries.jsonl"
     queries.write_text("\n".join([
@@ -205,7 +206,7 @@ def test_zoo_search_queries_file_answers_every_line(zoo, capsys, tmp_path: Path)
 
 
 def test_zoo_search_usage_errors(zoo) -> None:
-    from serving.cli import main
+    from cli.main import main
 
     assert main(["search"]) == 2
     assert main(["search", "x", "--top-k", "0"]) == 2
@@ -214,7 +215,7 @@ def test_zoo_search_usage_errors(zoo) -> None:
 
 def test_zoo_search_rerank_orders_adapters_by_the_tree_rerank(zoo, capsys) -> None:
     pytest.importorskip("gguf")
-    from serving.cli import main
+    from cli.main import main
 
     assert main(["search", "anime girl in a knitted winter sweater", "--rerank", "--json", "--top-k", "6"]) == 0
     adapters = json.loads(capsys.readouterr().out)["adapters"]

@@ -1,4 +1,4 @@
-"""End to end: `zoo generate` and `zoo edit` through serving.cli.main on the shipped snapshot's zoo, with a tiny
+"""End to end: `zoo generate` and `zoo edit` through cli.main.main on the shipped snapshot's zoo, with a tiny
 SD 1.5-topology checkpoint and tiny kohya LoRAs standing in for the catalogue's files, served by a local HTTP server
 in place of Civitai's download endpoint. Nothing is downloaded from anywhere else."""
 
@@ -24,12 +24,14 @@ from sqlalchemy import text
 
 from config import Settings
 from orchestration.run import refresh_zoo
-from serving import cli
-from serving import sd_components as sdc
-from serving.masker import RegionMasker, dilate
-from serving.pipelines import file_sha256
-from serving.png_info import parse_parameters, read_png_parameters, sidecar_path
-from serving.studio import Studio, set_default_studio
+from cli import main as cli
+from crawlers.dump import snapshot_path
+from serving.studio import sd_components as sdc
+from testkit import tiny_sd
+from serving.studio.masker import RegionMasker, dilate
+from serving.studio.pipelines import file_sha256
+from serving.studio.png_info import parse_parameters, read_png_parameters, sidecar_path
+from serving.studio.studio import Studio, set_default_studio
 
 PROMPT = "pixel art castle on a hill"
 TINY_CLIP = {
@@ -118,12 +120,12 @@ def world(engine, database_url, patch, tmp_path_factory):
     patch.setenv("CIVITAI_MAX_RETRIES", "0")
     patch.delenv("CIVITAI_API_KEY", raising=False)
     patch.delenv("ZOO_PRESET", raising=False)
-    outcome = refresh_zoo(dump_path=str(cli.snapshot_path()), database_url=database_url, workers=1)
+    outcome = refresh_zoo(dump_path=str(snapshot_path()), database_url=database_url, workers=1)
     assert outcome.success, outcome.failures()
 
     config = sdc.write_sd15_config(root / "sd-config", "tiny")
-    pipe = sdc.build_random_pipeline(config, seed=0)
-    checkpoint = sdc.save_single_file(pipe, root / "tiny.safetensors")
+    pipe = tiny_sd.build_random_pipeline(config, seed=0)
+    checkpoint = tiny_sd.save_single_file(pipe, root / "tiny.safetensors")
     with engine.begin() as conn:
         versions = conn.execute(text(
             "SELECT version_id, model_type FROM served_model_versions ORDER BY version_id")).all()
@@ -131,7 +133,7 @@ def world(engine, database_url, patch, tmp_path_factory):
             if model_type == "Checkpoint":
                 path = checkpoint
             else:
-                path = sdc.write_random_kohya_lora(pipe, root / f"lora-{version_id}.safetensors", seed=version_id,
+                path = tiny_sd.write_random_kohya_lora(pipe, root / f"lora-{version_id}.safetensors", seed=version_id,
                                                    scale=0.05)
             sha = file_sha256(path).upper()  # the catalogue stores hashes upper-cased
             conn.execute(text("UPDATE model_files SET sha256 = :sha WHERE version_id = :v AND is_primary"),
@@ -306,7 +308,7 @@ def test_a_textual_inversion_the_negative_prompt_names_is_fetched_and_loaded(wor
     its file's stem (any case), downloads it verified, and the PNG lists it under TI hashes."""
     from safetensors.torch import save_file
 
-    lines = cli.snapshot_path().read_text(encoding="utf-8").splitlines()
+    lines = snapshot_path().read_text(encoding="utf-8").splitlines()
     item = json.loads(lines[7])
     item.update(id=919999, name="Grubbly Negative", type="TextualInversion", tags=["negative embedding"])
     version = item["modelVersions"][0]

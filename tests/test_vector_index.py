@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from db.synthetic import SyntheticSpace, create_synthetic_zoo
+from testkit.synthetic_zoo import SyntheticSpace, create_synthetic_zoo
 from db.vectors import FAMILY, ensure_hnsw_indexes, hnsw_index_name, sync_families
-from serving.retrieval import EXACT, FAMILY_INDEX, WALK, Hit, Retriever, Weights
+from serving.search.retrieval import EXACT, FAMILY_INDEX, WALK, Hit, Retriever, Weights
 
 SPACE = "synthetic-test|none|64+0"
 

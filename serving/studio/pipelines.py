@@ -9,7 +9,7 @@
 
 - A checkpoint is loaded from ONE `.safetensors` file in the original (A1111/Civitai) key layout with
   `StableDiffusionPipeline.from_single_file(path, config=<local diffusers-layout folder>, local_files_only=True)`:
-  every config comes from `config_dir` (see `serving.sd_components`), nothing from the hub. The tokenizer is the
+  every config comes from `config_dir` (see `serving.studio.sd_components`), nothing from the hub. The tokenizer is the
   guarded local CLIP BPE, shared by all pipelines.
 - Warm pipelines are kept in an LRU keyed by the checkpoint's sha256 (or its resolved path when no hash is given);
   the least recently used one is dropped when `max_pipelines` would be exceeded.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.sd_components import check_tokenizer, load_clip_tokenizer
+from serving.studio.sd_components import check_tokenizer, load_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class PipelineManager:
         self.config_dir = Path(config_dir)
         if not (self.config_dir / "model_index.json").is_file():
             raise GenerationError(
-                f"{self.config_dir} is not an SD config folder (write it with serving.sd_components.write_sd15_config)"
+                f"{self.config_dir} is not an SD config folder (write it with serving.studio.sd_components.write_sd15_config)"
             )
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or (torch.float16 if str(self.device).startswith("cuda") else torch.float32)
@@ -530,7 +530,7 @@ class PipelineManager:
     @staticmethod
     def embeddings_in(entry: LoadedPipeline, prompts: Sequence[str]) -> list[EmbeddingUse]:
         """The pipeline's loaded embeddings whose word occurs in the prompts (what the PNG's TI hashes list)."""
-        from serving.prompt_syntax import plain_text
+        from serving.studio.prompt_syntax import plain_text
 
         tokenizer = entry.pipe.tokenizer
         ids = {token for prompt in prompts

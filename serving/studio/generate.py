@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from serving.pipelines import (
+from serving.studio.pipelines import (
     EmbeddingUse,
     LoraUse,
     PipelineManager,
@@ -31,8 +31,8 @@ from serving.pipelines import (
     file_sha256,
     seeded_generator,
 )
-from serving.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
-from serving.prompt_syntax import encode_prompts
+from serving.studio.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
+from serving.studio.prompt_syntax import encode_prompts
 
 __all__ = ["EmbeddingUse", "GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
 
@@ -90,7 +90,7 @@ def generate(
     textual inversions to load first, and, as in A1111, every embedding loaded on the pipeline answers to its name
     (the PNG's TI hashes list the ones the prompts use); `clip_skip`
     counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
-    `serving.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
+    `serving.studio.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
     sampler string ('DPM++ 2M Karras')."""
     if steps < 1:
         raise ValueError("steps must be at least 1")

@@ -7,21 +7,21 @@ generate or edit, with everything kept warm across requests.
     result, sidecar = studio.edit(Image.open("castle.png"), "turn the castle into a lighthouse")
 
 Generate: the checkpoint is the retriever's top one (or `checkpoint_version_id`), the adapters those retrieved for it
-and composed by `serving.composer` (weights, trigger words; or `adapters=[(version_id, weight), ...]` as given). Each
+and composed by `serving.studio.composer` (weights, trigger words; or `adapters=[(version_id, weight), ...]` as given). Each
 chosen version's primary file (`served_model_versions.primary_file_sha256` / `primary_file_name`) is fetched through
 the verified download cache (a cache hit costs no network) and handed to the warm pipeline manager. Only LoRA-family
 adapters (LORA, LoCon, DoRA) are composed from the retrieved hits; textual inversions are loaded when the negative
 prompt calls them by name (A1111's way: `EasyNegative`), hypernetworks and others are skipped with a note in the
 sidecar.
 
-Edit: the instruction is parsed (`serving.instructions`, rule-based unless a backend is given). When the edit keeps
+Edit: the instruction is parsed (`serving.studio.instructions`, rule-based unless a backend is given). When the edit keeps
 the image's style (types 0 and 1, and 2 without a style change) the style checkpoint and style LoRA are retrieved
 from the IMAGE; the lite preset has no image encoder, so then they come from the text of the generation prompt and
 the sidecar says so. When the style changes (2 with a style change, 3, 4) they come from the TEXT (type 4: from the
 reference image when the preset embeds images). Object LoRAs always come from the text. Types 0 and 2 inpaint inside
 the masker's mask of the subject, type 1 inside the placement the masker picks for the addition, type 3 runs img2img
 over the whole image, type 4 img2img from the reference (the input when none is given) with the instruction's prompt.
-The output keeps the input's size; outside the mask it is the input, pixel for pixel (`serving.editor`).
+The output keeps the input's size; outside the mask it is the input, pixel for pixel (`serving.studio.editor`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sqlalchemy import Engine, text
 
 from config import Settings
 from embedding.describe_card import trigger_words_or_trained
-from serving.composer import (
+from serving.studio.composer import (
     DEFAULT_WEIGHT,
     KINDS,
     Adapter,
@@ -49,9 +49,9 @@ from serving.composer import (
     lora_name,
     render,
 )
-from serving.generate import GenerationResult
-from serving.generate import generate as run_generate
-from serving.pipelines import EmbeddingUse, LoraUse
+from serving.studio.generate import GenerationResult
+from serving.studio.generate import generate as run_generate
+from serving.studio.pipelines import EmbeddingUse, LoraUse
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class Studio:
 
     @property
     def retriever(self):
-        from serving.api import open_retriever
+        from serving.search import open_retriever
 
         return self._warm("_retriever", lambda: open_retriever(self.settings))
 
@@ -171,8 +171,8 @@ class Studio:
 
     @property
     def manager(self):
-        from serving.pipelines import PipelineManager
-        from serving.sd_components import default_config_dir, write_sd15_config
+        from serving.studio.pipelines import PipelineManager
+        from serving.studio.sd_components import default_config_dir, write_sd15_config
 
         def build():
             if self._config_dir is not None:
@@ -189,7 +189,7 @@ class Studio:
 
     @property
     def parser(self):
-        from serving.instructions import InstructionParser
+        from serving.studio.instructions import InstructionParser
 
         return self._warm("_parser", InstructionParser)
 
@@ -198,7 +198,7 @@ class Studio:
         the configured CLIP; else one with no proposals (subjects mask the whole image, additions get a placed box)."""
         with self._guard:
             if self._masker is None:
-                from serving.masker import RegionMasker, SamMaskProposer
+                from serving.studio.masker import RegionMasker, SamMaskProposer
 
                 sam = self.settings.sam_checkpoint
                 if sam:
@@ -216,9 +216,9 @@ class Studio:
             return self._masker
 
     def _rerank_model(self):
-        from serving.api import load_reranker
+        from serving.search import open_reranker
 
-        return self._warm("_reranker", load_reranker)
+        return self._warm("_reranker", lambda: open_reranker(self.settings))
 
     # ---- catalogue lookups ----------------------------------------------------------------------------------------
 
@@ -255,7 +255,7 @@ class Studio:
     # ---- choosing models ------------------------------------------------------------------------------------------
 
     def _checkpoint_hit(self, ref: ModelRef):
-        from serving.retrieval import Hit
+        from serving.search.retrieval import Hit
 
         return Hit(model_id=ref.model_id, version_id=ref.version_id, name=ref.name, version_name=ref.version_name,
                    type=ref.type, kind="checkpoint", base_model=ref.base_model,
@@ -264,7 +264,7 @@ class Studio:
 
     def _rerank(self, prompt: str, hits: list, notes: list[str]) -> dict[int, float]:
         """version id -> reranker score; empty (with a note) when the reranker cannot be loaded."""
-        from serving.api import rerank_hits
+        from serving.search import rerank_hits
 
         try:
             reranked = rerank_hits(prompt, hits, self._rerank_model())
@@ -452,8 +452,8 @@ class Studio:
              seed: int | None = -1, cfg: float = 7.0, scheduler: str = "dpm++_2m_karras",
              strength: float | None = None, top_k: int = 10) -> tuple[GenerationResult, dict[str, Any]]:
         """Edit `image` as the instruction says; the result keeps its size (outside the mask: its exact pixels)."""
-        from serving.editor import edit_image
-        from serving.masker import to_rgb
+        from serving.studio.editor import edit_image
+        from serving.studio.masker import to_rgb
 
         if not isinstance(instruction, str) or not instruction.strip():
             raise StudioError("the instruction is empty")

@@ -1,0 +1,120 @@
+"""`zoo search`: the checkpoints and adapters that serve a prompt, one query or a JSON Lines file of them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cli.output import EXIT_OK, EXIT_USAGE, err, out, print_json, table, usage_error
+from config import Settings
+from serving.search import Filters, SearchResult
+
+MAX_QUERY_CHARS = 4000
+HIT_COLUMNS = ("name", "version", "base_model", "score", "weight", "trigger_words", "why")
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(base_models=tuple(args.base_models or ()), types=tuple(args.types or ()),
+                   commercial_use=args.commercial_use, min_downloads=args.min_downloads)
+
+
+def _as_json(result: SearchResult) -> dict:
+    return {"checkpoints": [h.as_dict() for h in result.checkpoints],
+            "adapters": [h.as_dict() for h in result.adapters]}
+
+
+def print_answers(answers: list[tuple[str, SearchResult]]) -> None:
+    """One row per prompt: the top checkpoint, the top three adapters, why the first one."""
+    rows = [(prompt,
+             result.checkpoints[0].name if result.checkpoints else "-",
+             ", ".join(f"{hit.name} ({hit.kind}, {hit.recommended_weight or 1:.2g})"
+                       for hit in result.adapters[:3]) or "-",
+             result.adapters[0].why if result.adapters else "-")
+            for prompt, result in answers]
+    out().print(table("Answers", ("prompt", "checkpoint", "adapters (kind, weight)", "why (top adapter)"), rows))
+
+
+def _print_result(result: SearchResult) -> None:
+    console = out()
+    groups = [("Checkpoints", result.checkpoints),
+              *((f"Adapters: {kind}", hits) for kind, hits in result.adapters_by_kind.items())]
+    for title, hits in groups:
+        console.print(table(title, HIT_COLUMNS, (
+            (hit.name, hit.version_name, hit.base_model or "-", f"{hit.score:.3f}",
+             f"{hit.recommended_weight:.2g}" if hit.recommended_weight is not None else "-",
+             ", ".join(hit.trigger_words[:3]), hit.why) for hit in hits)))
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.search import load_query_image, open_reranker, open_retriever, rerank_hits
+
+    if not args.query and not args.image and not args.queries:
+        return usage_error("give a prompt, --image PATH, or --queries FILE")
+    if args.top_k < 1 or args.checkpoints < 0:
+        return usage_error("--top-k must be at least 1 and --checkpoints at least 0")
+    try:
+        image = load_query_image(args.image) if args.image else None
+    except ValueError as error:
+        return usage_error(str(error))
+    retriever = open_retriever(settings)
+    reranker = open_reranker(settings) if args.rerank else None
+    if args.queries:
+        return _search_many(retriever, reranker, Path(args.queries), args)
+    result = retriever.search(args.query, image, top_k=args.top_k, top_checkpoints=args.checkpoints,
+                              filters=_filters(args))
+    if reranker is not None and args.query:
+        result.adapters = rerank_hits(args.query, result.adapters, reranker)
+    if args.json:
+        print_json({"query": args.query, **_as_json(result)})
+        return EXIT_OK
+    _print_result(result)
+    if not result.checkpoints and not result.adapters:
+        err.print("the zoo has no vectors yet: run `zoo refresh` (or `zoo demo`) first")
+    return EXIT_OK
+
+
+def _search_many(retriever, reranker, path: Path, args: argparse.Namespace) -> int:
+    """JSON Lines in ({"qid", "query"}), one JSON line out per query; a bad line gets an error line, not a crash."""
+    from serving.search import rerank_hits
+
+    if not path.is_file():
+        return usage_error(f"queries file not found: {path}")
+    filters = _filters(args)
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            qid = None
+            try:
+                item = json.loads(line)
+                qid = item.get("qid", number) if isinstance(item, dict) else number
+                query = item.get("query") if isinstance(item, dict) else None
+                if not isinstance(query, str) or not query.strip():
+                    raise ValueError("no query text")
+                query = query[:MAX_QUERY_CHARS]
+                result = retriever.search(query, top_k=args.top_k, top_checkpoints=args.checkpoints, filters=filters)
+                if reranker is not None:
+                    result.adapters = rerank_hits(query, result.adapters, reranker)
+                answer = {"qid": qid, **_as_json(result)}
+            except (ValueError, AttributeError) as error:
+                answer = {"qid": qid if qid is not None else number, "error": f"line {number}: {error}"}
+            print_json(answer)
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="the checkpoints and adapters that serve a prompt (or an image)")
+    search.add_argument("query", nargs="?", help="the prompt")
+    search.add_argument("--image", help="an image to search by (the full preset embeds images)")
+    search.add_argument("--queries", help="JSON Lines of {\"qid\": ..., \"query\": ...}; one JSON line out per query")
+    search.add_argument("--top-k", type=int, default=10, help="adapters to return")
+    search.add_argument("--checkpoints", type=int, default=3, help="checkpoints to return")
+    search.add_argument("--base-models", nargs="+", help="only these base models, e.g. 'SD 1.5'")
+    search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
+    search.add_argument("--commercial-use", help="the licence must allow this use: Image, Rent, RentCivit or Sell")
+    search.add_argument("--min-downloads", type=int, default=0, help="only versions downloaded at least N times")
+    search.add_argument("--rerank", action="store_true",
+                        help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)

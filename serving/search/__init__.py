@@ -1,0 +1,8 @@
+"""Search: the two-level retriever (checkpoints, then adapters compatible with the chosen one), the tree reranker,
+and the Python API that the CLI, the HTTP server and embedding applications call."""
+
+from serving.search.api import load_query_image, open_reranker, open_retriever, rerank_hits
+from serving.search.retrieval import Filters, Hit, Retriever, SearchResult, Weights
+
+__all__ = ["Filters", "Hit", "Retriever", "SearchResult", "Weights", "load_query_image", "open_reranker",
+           "open_retriever", "rerank_hits"]
