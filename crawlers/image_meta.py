@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import NamedTuple
 
+from crawlers.a1111 import leading_number, model_tags
+
 _ROLES = {
     "checkpoint": "checkpoint",
     "model": "checkpoint",
@@ -40,14 +42,11 @@ _HEX = re.compile(r"[0-9A-F]+")
 # Hashes of an empty file match thousands of broken uploads. Civitai drops the prefix e3b0c44298fc; the 10-hex
 # AutoV2 of the empty file is shorter, so the shorter prefix is what covers both.
 _EMPTY_FILE_HASH = "E3B0C44298"
-_NUMBER = re.compile(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))", re.ASCII)
 _VERSION_ID = re.compile(r"\s*(\d{1,18})\s*", re.ASCII)
 _MAX_VERSION_ID = 2**63 - 1  # what a BIGINT column holds
 # urn:air:{ecosystem}:{type}:{source}:{modelId}@{versionId}, optionally followed by :layer / .format
 _AIR = re.compile(r"\s*urn:air:[^:]*:([^:]+):[^:]+:[^:@]*@(\d{1,18})", re.ASCII)
 _MODEL_EXTENSION = re.compile(r"\.(?:safetensors|ckpt|pt|pth|bin|sft|gguf)\Z")
-# `[^<>]` keeps matching linear on hostile prompts full of unterminated '<lora:'.
-_PROMPT_TAG_RE = re.compile(r"<(lora|lyco|hypernet):([^<>:]*)(?::([^<>]*))?>", re.IGNORECASE)
 _ADDNET_MODEL = re.compile(r"(.*?)\s*\(([0-9A-Fa-f]+)\)")
 _ADDNET_KEYS = tuple((f"AddNet Model {n}", f"AddNet Weight A {n}", f"AddNet Weight {n}") for n in range(1, 6))
 
@@ -107,10 +106,7 @@ def _weight(value: object) -> float | None:
         except OverflowError:
             return None
     elif isinstance(value, str):
-        match = _NUMBER.match(value)
-        if match is None:
-            return None
-        weight = float(match.group(1))
+        return leading_number(value)
     else:
         return None
     return weight if math.isfinite(weight) else None
@@ -211,12 +207,9 @@ def _from_addnet(meta: dict, found: list[_Found]) -> None:
 
 
 def _from_prompt(prompt: object, found: list[_Found]) -> None:
-    if not isinstance(prompt, str):
-        return
     # Reversed so that, as in prompt_lora_weights, the last tag for a resource gives its weight.
-    for match in reversed(list(_PROMPT_TAG_RE.finditer(prompt))):
-        kind, name, rest = match.groups()
-        _add(found, _PROMPT_TAG, _role(kind), _text(name), None, None, _weight(rest))
+    for tag in reversed(model_tags(prompt)):
+        _add(found, _PROMPT_TAG, _role(tag.kind), tag.name or None, None, None, tag.weight)
 
 
 def _merge(found: list[_Found]) -> list[list[_Found]]:
@@ -294,15 +287,5 @@ def prompt_lora_weights(prompt: object) -> dict[str, float]:
 
     Tags without a readable weight are left out rather than assumed to be 1.
     """
-    weights: dict[str, float] = {}
-    if not isinstance(prompt, str):
-        return weights
-    for match in _PROMPT_TAG_RE.finditer(prompt):
-        kind, name, rest = match.groups()
-        if kind.lower() == "hypernet":
-            continue
-        name = name.strip()
-        weight = _weight(rest)
-        if name and weight is not None:
-            weights[name] = weight
-    return weights
+    return {tag.name: tag.weight for tag in model_tags(prompt)
+            if tag.kind == "lora" and tag.name and tag.weight is not None}

@@ -17,6 +17,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from crawlers.a1111 import ANGLE_TAG, MODEL_TAG
 from crawlers.taxonomy import role_of_type
 from embedding.description import MAX_TEXT_CHARS, AdapterCard, Description
 
@@ -51,8 +52,6 @@ _INVISIBLE = re.compile(
 _ANSI = re.compile(r"\x1b\[[0-9;?]{0,32}[ -/]{0,4}[@-~]")  # terminal colour codes pasted from a console
 _EMOJI = re.compile(r"[\u2190-\u21ff\u2300-\u23ff\u2460-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff\ufe0f]")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-_PROMPT_TAG = re.compile(r"<\s*(?:lora|lyco|lycoris|hypernet|embedding)\s*:[^<>]{0,300}>", re.IGNORECASE)
-_ANY_TAG = re.compile(r"<[^<>]{0,300}>")
 CHAT_TOKEN = re.compile(r"<\|[^<>|]{0,40}\|>")  # chat-template control tokens: <|im_end|>, <|image_pad|>, ...
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0\u3000]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])\s+")
@@ -162,7 +161,7 @@ def clean_text(text: object, limit: int = _MAX_CARD_CHARS) -> str:
     if not isinstance(text, str):
         return ""
     text = strip_invisible(text[:limit])
-    text = _EMOJI.sub("", CHAT_TOKEN.sub(" ", _PROMPT_TAG.sub(" ", _URL.sub(" ", text))))
+    text = _EMOJI.sub("", CHAT_TOKEN.sub(" ", MODEL_TAG.sub(" ", _URL.sub(" ", text))))
     return _SPACES.sub(" ", text.replace("\n", " ")).strip()
 
 
@@ -221,7 +220,7 @@ def prompt_phrases(prompts: Sequence[object], exclude: Iterable[str] = ()) -> li
     first_seen: dict[str, int] = {}
     usable = [p for p in prompts[:_MAX_PROMPTS] if isinstance(p, str)]
     for prompt in usable:
-        text = _ANY_TAG.sub(" ", strip_invisible(prompt[:_MAX_PROMPT_CHARS]))
+        text = ANGLE_TAG.sub(" ", strip_invisible(prompt[:_MAX_PROMPT_CHARS]))
         seen: set[str] = set()
         for raw in _PHRASE_SPLIT.split(text):
             phrase = _phrase(raw)
@@ -334,7 +333,7 @@ def clean_trigger_words(words: Iterable[object]) -> tuple[str, ...]:
             break
         if not isinstance(word, str):
             continue
-        text = _ANY_TAG.sub(" ", strip_invisible(word[:_MAX_TRAINED_WORD_CHARS]))
+        text = ANGLE_TAG.sub(" ", strip_invisible(word[:_MAX_TRAINED_WORD_CHARS]))
         for raw in _TRIGGER_SPLIT.split(text):
             piece = _trigger_piece(raw)
             key = piece.lower()

@@ -16,7 +16,8 @@ np = pytest.importorskip("numpy")
 from serving.studio import sd_components as sdc
 
 from testkit import tiny_sd
-from serving.studio.generate import LoraUse, generate, save_png, strip_lora_tags
+from crawlers.a1111 import strip_model_tags
+from serving.studio.generate import LoraUse, generate, save_png
 from serving.studio.pipelines import PipelineManager, file_sha256
 from serving.studio.png_info import GenerationParameters, parse_parameters, read_png_parameters
 
@@ -208,9 +209,9 @@ def test_parameters_text_quotes_awkward_values():
     assert parse_parameters(p.to_text()) == p
 
 
-def test_strip_lora_tags():
-    assert strip_lora_tags("a cat, <lora:ink:0.8>, on a mat <lyco:x:1>") == "a cat, on a mat"
-    assert strip_lora_tags("<lora:ink:0.8>") == ""
+def test_strip_model_tags():
+    assert strip_model_tags("a cat, <lora:ink:0.8>, on a mat <lyco:x:1>") == "a cat, on a mat"
+    assert strip_model_tags("<lora:ink:0.8>") == ""
 
 
 def test_rejects_bad_sizes(manager, tiny):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from serving.studio import sd_components as sdc
-from serving.studio.prompt_syntax import BREAK, CHUNK_TOKENS, chunk_prompt, parse_attention, plain_text
+from crawlers.a1111 import BREAK, parse_attention, plain_text
+from serving.studio.prompt_syntax import CHUNK_TOKENS, chunk_prompt
 
 
 @pytest.mark.parametrize(("prompt", "runs"), [  # the examples of A1111's parse_prompt_attention docstring

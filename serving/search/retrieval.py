@@ -24,7 +24,7 @@ from db.vectors import FAMILY, hnsw_index_name, sql_literal
 from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
-from serving.studio.prompt_syntax import plain_text
+from crawlers.a1111 import plain_text
 
 KIND_ORDER = ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
 

@@ -15,7 +15,6 @@ With `init_image` (and `mask_image`) the same warm components run img2img (or in
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from crawlers.a1111 import strip_model_tags
 from serving.studio.pipelines import (
     EmbeddingUse,
     LoraUse,
@@ -34,9 +34,8 @@ from serving.studio.pipelines import (
 from serving.studio.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
 from serving.studio.prompt_syntax import encode_prompts
 
-__all__ = ["EmbeddingUse", "GenerationResult", "LoraUse", "generate", "save_png", "strip_lora_tags"]
+__all__ = ["EmbeddingUse", "GenerationResult", "LoraUse", "generate", "save_png"]
 
-_RE_LORA_TAG = re.compile(r"\s*,?\s*<(?:lora|lyco|hypernet):[^>]*>")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -49,11 +48,6 @@ class GenerationResult:
     seed: int
     checkpoint_cached: bool  # True when the pipeline was already warm (this request paid no checkpoint load)
     metadata: dict[str, Any] = field(default_factory=dict)  # what was used: files, hashes, weights, scheduler
-
-
-def strip_lora_tags(prompt: str) -> str:
-    """The prompt without `<lora:...>` tags (they select adapters; the text encoder must not read them)."""
-    return re.sub(r"\s{2,}", " ", _RE_LORA_TAG.sub("", prompt)).strip().strip(",").strip()
 
 
 def _sha256_of(path: str | Path) -> str:
@@ -107,8 +101,8 @@ def generate(
     sha = (checkpoint_sha256 or _sha256_of(checkpoint_path)).lower()
     loras = [lora if lora.sha256 else replace(lora, sha256=_sha256_of(lora.path)) for lora in loras]
     embeddings = [used if used.sha256 else replace(used, sha256=_sha256_of(used.path)) for used in embeddings]
-    clean_prompt = strip_lora_tags(prompt)
-    clean_negative = strip_lora_tags(negative_prompt)
+    clean_prompt = strip_model_tags(prompt)
+    clean_negative = strip_model_tags(negative_prompt)
     kind = "inpaint" if mask_image is not None else "img2img" if init_image is not None else "txt2img"
 
     started = time.perf_counter()

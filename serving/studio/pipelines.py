@@ -530,7 +530,7 @@ class PipelineManager:
     @staticmethod
     def embeddings_in(entry: LoadedPipeline, prompts: Sequence[str]) -> list[EmbeddingUse]:
         """The pipeline's loaded embeddings whose word occurs in the prompts (what the PNG's TI hashes list)."""
-        from serving.studio.prompt_syntax import plain_text
+        from crawlers.a1111 import plain_text
 
         tokenizer = entry.pipe.tokenizer
         ids = {token for prompt in prompts

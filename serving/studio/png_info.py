@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawlers.a1111 import model_tags
+
 PARAMETERS_KEY = "parameters"
 VERSION = "zoo"
 
 # A1111's own pattern for `key: value` pairs (a value may be a quoted string holding commas).
 _RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_RE_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?))?[^>]*>")
 _RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 
@@ -85,7 +86,8 @@ class GenerationParameters:
 
     def lora_tags(self) -> list[tuple[str, float]]:
         """(name, weight) of every `<lora:name:w>` tag in the prompt (weight 1 when omitted)."""
-        return [(m.group(1), float(m.group(2)) if m.group(2) else 1.0) for m in _RE_LORA_TAG.finditer(self.prompt)]
+        return [(tag.name, 1.0 if tag.weight is None else tag.weight)
+                for tag in model_tags(self.prompt) if tag.kind == "lora"]
 
     def to_text(self) -> str:
         pairs: list[tuple[str, str]] = [

@@ -5,94 +5,20 @@ Prompts pasted from Civitai are written for AUTOMATIC1111's web UI: `(word)` mea
 vectors, and a prompt runs past 75 tokens in 75-token chunks, each encoded separately with its own start and end
 token and the results concatenated. Plain diffusers reads the brackets as text and cuts the prompt at 77 tokens, so
 the same prompt gives another image; this module encodes as A1111 does (its `parse_prompt_attention` and chunking,
-comma backtracking included) for SD 1.x pipelines.
+comma backtracking included) for SD 1.x pipelines; the syntax itself is parsed by crawlers.a1111.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawlers.a1111 import is_break, parse_attention
+
 CHUNK_TOKENS = 75  # CLIP's 77 minus the start and end tokens
 COMMA_BACKTRACK = 20  # a chunk that fills up ends after its last comma when that comma is this close to the end
-ROUND_BRACKET, SQUARE_BRACKET = 1.1, 1 / 1.1
-BREAK = "BREAK"
 MEAN_FLOOR = 1e-4  # relative to the mean magnitude: below it a chunk's mean counts as 0 (no rescaling)
-
-_ATTENTION = re.compile(r"""
-\\\(|\\\)|\\\[|\\]|\\\\|\\|    # escaped brackets and backslashes: literal text
-\(|\[|                          # an opening bracket
-:\s*([+-]?[.\d]+)\s*\)|         # an explicit weight that closes a round bracket
-\)|]|                           # a closing bracket
-[^\\()\[\]:]+|                  # plain text
-:                               # a colon that is not a weight
-""", re.X)
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_TAG = re.compile(r"<[^<>]*>")  # <lora:name:0.7>, <lyco:...>, <hypernet:...>: they select models, they are not words
-
-
-def parse_attention(text: str) -> list[tuple[str, float]]:
-    """(text, weight) runs of a prompt, as A1111 parses them; a BREAK is the run (BREAK, -1). Unbalanced brackets
-    weigh to the end of the prompt; neighbouring runs of equal weight are merged."""
-    runs: list[list] = []
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def multiply_from(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            run[1] *= factor
-
-    for match in _ATTENTION.finditer(text):
-        piece, weight = match.group(0), _number(match.group(1))
-        if piece.startswith("\\"):
-            runs.append([piece[1:], 1.0])
-        elif piece == "(":
-            round_open.append(len(runs))
-        elif piece == "[":
-            square_open.append(len(runs))
-        elif weight is not None and round_open:
-            multiply_from(round_open.pop(), weight)
-        elif piece == ")" and round_open:
-            multiply_from(round_open.pop(), ROUND_BRACKET)
-        elif piece == "]" and square_open:
-            multiply_from(square_open.pop(), SQUARE_BRACKET)
-        else:
-            for i, part in enumerate(_BREAK.split(piece)):
-                if i:
-                    runs.append([BREAK, -1.0])
-                runs.append([part, 1.0])
-    for start in round_open:
-        multiply_from(start, ROUND_BRACKET)
-    for start in square_open:
-        multiply_from(start, SQUARE_BRACKET)
-    if not runs:
-        runs = [["", 1.0]]
-    merged = [runs[0]]
-    for run in runs[1:]:
-        if run[1] == merged[-1][1]:
-            merged[-1][0] += run[0]
-        else:
-            merged.append(run)
-    return [(text_, weight) for text_, weight in merged]
-
-
-def _number(text: str | None) -> float | None:
-    """An explicit weight; a malformed one such as `(x:1.2.3)` is read as text (A1111 would fail on it)."""
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def plain_text(prompt: str) -> str:
-    """The prompt's words without A1111 syntax (model tags, brackets, weights, BREAK): what a text search reads."""
-    return " ".join(piece for piece, weight in parse_attention(_TAG.sub(" ", prompt)) if not _is_break(piece, weight))
-
-
-def _is_break(piece: str, weight: float) -> bool:
-    return piece == BREAK and weight == -1.0
 
 
 def _embedding_lengths(tokenizer: Any) -> dict[int, int]:
@@ -128,7 +54,7 @@ def chunk_prompt(tokenizer: Any, text: str, expand: Callable[[str], str] | None 
     vectors = _embedding_lengths(tokenizer) if expand else {}
     runs = parse_attention(text)
     pieces = [expand(piece.lower()) if expand else piece.lower()
-              for piece, weight in runs if not _is_break(piece, weight)]
+              for piece, weight in runs if not is_break(piece, weight)]
     token_lists = iter(tokenizer(pieces, add_special_tokens=False, truncation=False)["input_ids"] if pieces else [])
     chunks: list[Chunk] = []
     current = Chunk()
@@ -140,7 +66,7 @@ def chunk_prompt(tokenizer: Any, text: str, expand: Callable[[str], str] | None 
                              tokenizer.eos_token_id], [1.0, *chunk.weights, *[1.0] * padding, 1.0]))
 
     for piece, weight in runs:
-        if _is_break(piece, weight):
+        if is_break(piece, weight):
             close(current)
             current, last_comma = Chunk(), -1
             continue
