@@ -382,7 +382,7 @@ def run_zoo(retriever, queries: list[Query], system: System) -> dict[str, tuple[
 
 def checkpoint_hit(version_id: int, family: str):
     """A level-1 answer as level 2 reads it (the version for co-usage, the family for the filter)."""
-    from serving.search.retrieval import Hit
+    from serving.search.results import Hit
 
     return Hit(model_id=0, version_id=version_id, name=str(version_id), version_name="", type="Checkpoint",
                kind="checkpoint", base_model=None, base_model_family=family, score=0.0, similarity=0.0, downloads=0,

@@ -14,7 +14,7 @@ from config import Settings
 from crawlers.dump import snapshot_path
 from orchestration.run import refresh_zoo
 from serving.search import open_retriever
-from serving.search.retrieval import Filters, Retriever, Weights
+from serving.search import Filters, Retriever, Weights
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from testkit.synthetic_zoo import SyntheticSpace, create_synthetic_zoo
 from db.vectors import FAMILY, ensure_hnsw_indexes, hnsw_index_name, sync_families
-from serving.search.retrieval import EXACT, FAMILY_INDEX, WALK, Hit, Retriever, Weights
+from serving.search.results import Hit
+from serving.search.retrieval import EXACT, FAMILY_INDEX, WALK, Retriever, Weights
 
 SPACE = "synthetic-test|none|64+0"
 

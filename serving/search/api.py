@@ -21,7 +21,8 @@ from config import Settings
 from db.engine import get_engine
 from db.migrate import ensure_migrated
 from embedding.presets import ModelChoice, build_describer, build_encoders
-from serving.search.retrieval import Filters, Hit, Retriever, SearchResult
+from serving.search.results import Hit
+from serving.search.retrieval import Retriever
 
 MAX_QUERY_IMAGE_PIXELS = 40_000_000
 

@@ -12,30 +12,20 @@ base-model family.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Connection, Engine, text
 
+from crawlers.a1111 import plain_text
 from db.lexicon import TEXT_SEARCH_CONFIG
 from db.vectors import FAMILY, hnsw_index_name, sql_literal
 from embedding.describe_card import trigger_words_or_trained
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import FALLBACK_DESCRIBER, space_name
-from crawlers.a1111 import plain_text
-
-KIND_ORDER = ("style", "character", "object", "clothing", "concept", "pose", "background", "other")
-
-
-@dataclass(frozen=True)
-class Filters:
-    base_models: Sequence[str] = ()
-    types: Sequence[str] = ()
-    commercial_use: str | None = None  # e.g. 'Image', 'Rent', 'Sell': the licence must allow it
-    min_downloads: int = 0
-
+from serving.search.results import KIND_ORDER, Filters, Hit, SearchResult
 
 @dataclass(frozen=True)
 class Weights:
@@ -54,42 +44,6 @@ class Weights:
     # BM25 of the query's words in the embedded text, divided by the pool's best: what a prompt names literally.
     checkpoint_lexical: float = 1.0
     adapter_lexical: float = 1.0
-
-
-@dataclass
-class Hit:
-    model_id: int
-    version_id: int
-    name: str
-    version_name: str
-    type: str
-    kind: str
-    base_model: str | None
-    base_model_family: str
-    score: float
-    similarity: float
-    downloads: int
-    co_usage_images: int
-    trigger_words: list[str]
-    recommended_weight: float | None
-    download_url: str | None
-    why: str
-    file_name: str | None = None
-    description: str = ""
-    lexical: float = 0.0  # BM25 of the query's words, relative to the best of the candidate pool
-    matched_words: list[str] = field(default_factory=list)  # the query's words found in the embedded text
-    rerank_score: float | None = None
-    rerank_round: int | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SearchResult:
-    checkpoints: list[Hit]
-    adapters: list[Hit]
-    adapters_by_kind: dict[str, list[Hit]] = field(default_factory=dict)
 
 
 # The preferred describer's words, else the card-text fallback stored for cards the preferred one failed on.

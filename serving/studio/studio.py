@@ -255,7 +255,7 @@ class Studio:
     # ---- choosing models ------------------------------------------------------------------------------------------
 
     def _checkpoint_hit(self, ref: ModelRef):
-        from serving.search.retrieval import Hit
+        from serving.search.results import Hit
 
         return Hit(model_id=ref.model_id, version_id=ref.version_id, name=ref.name, version_name=ref.version_name,
                    type=ref.type, kind="checkpoint", base_model=ref.base_model,
