@@ -1,15 +1,13 @@
 """A polite, fault-tolerant client for Civitai's public REST API (API.md): rate-limited, retrying, key-safe.
 
-Retries 429, 5xx, timeouts, connection errors and truncated or unparsable bodies with jittered exponential
-backoff, honouring Retry-After; other 4xx fail at once. The API key travels only in the Authorization header and
-is never logged or put in URLs.
+Retries 429, 5xx, timeouts, connection errors and truncated or unparsable bodies through the shared HTTP retry
+policy (`crawlers.http_retry`: jittered exponential backoff, Retry-After honoured, a host that does not resolve
+fails at once); other 4xx fail at once. The API key travels only in the Authorization header and is never logged or
+put in URLs.
 """
 
 from __future__ import annotations
 
-import email.utils
-import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,11 +15,15 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 
-log = logging.getLogger(__name__)
+from crawlers.http_retry import (
+    NameResolutionFailed,
+    RetriesExhausted,
+    RetryPolicy,
+    TransientError,
+    raise_for_retryable_status,
+)
 
 USER_AGENT = "zoo-catalogue/0.1 (+crawler of the zoo model catalogue; python-requests)"
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
-MAX_RETRY_AFTER_SECONDS = 300.0
 
 
 class CivitaiError(RuntimeError):
@@ -55,20 +57,6 @@ class RateLimiter:
             self._sleep(start - now)
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_SECONDS)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
 class CivitaiClient:
     def __init__(self, base_url: str = "https://civitai.com", *, api_key: str | None = None,
                  requests_per_second: float = 1.0, timeout: float = 30.0, max_retries: int = 8,
@@ -79,7 +67,8 @@ class CivitaiClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self._sleep = sleep
+        self._policy = RetryPolicy(max_attempts=max_retries + 1, backoff_base=backoff_base, backoff_cap=backoff_cap,
+                                   sleep=sleep)
         self._limiter = RateLimiter(requests_per_second, sleep=sleep)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
@@ -108,43 +97,29 @@ class CivitaiClient:
         return self.url("models", params)
 
     def get_json(self, url: str) -> dict:
-        """GET a URL of this API and parse its JSON body, retrying what is worth retrying."""
-        last_problem = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self._backoff(attempt, last_retry_after)
-                log.info("retrying %s in %.2fs (attempt %d/%d): %s", url, delay, attempt, self.max_retries,
-                         last_problem)
-                self._sleep(delay)
-            last_retry_after = None
-            self._limiter.wait()
-            try:
-                response = self._session.get(url, timeout=self.timeout)
-            except requests.RequestException as error:  # timeouts, resets, truncated bodies
-                last_problem = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code in RETRYABLE_STATUS:
-                last_retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                last_problem = f"HTTP {response.status_code}"
-                continue
-            if response.status_code == 404:
-                raise CivitaiNotFound(f"{url}: 404 {_error_text(response)}", 404)
-            if response.status_code >= 400:
-                raise CivitaiError(f"{url}: HTTP {response.status_code} {_error_text(response)}", response.status_code)
-            try:
-                body = response.json()
-            except ValueError as error:
-                last_problem = f"unparsable body ({len(response.content)} bytes): {error}"
-                continue
-            if not isinstance(body, dict):
-                raise CivitaiError(f"{url}: expected a JSON object, got {type(body).__name__}")
-            return body
-        raise CivitaiError(f"{url}: gave up after {self.max_retries + 1} attempts; last problem: {last_problem}")
+        """GET a URL of this API and parse its JSON body, retrying what is worth retrying (the shared policy)."""
+        try:
+            return self._policy.call(lambda: self._get_json_once(url), label=url)
+        except RetriesExhausted as gave_up:
+            raise CivitaiError(f"{url}: {gave_up}") from gave_up
+        except NameResolutionFailed as offline:
+            raise CivitaiError(f"{url}: {offline}") from offline
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        exponential = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        jittered = exponential * random.uniform(0.5, 1.0)
-        return max(jittered, retry_after) if retry_after is not None else jittered
+    def _get_json_once(self, url: str) -> dict:
+        """One rate-limited attempt: 429/5xx and an unparsable (e.g. truncated) body are transient."""
+        self._limiter.wait()
+        response = raise_for_retryable_status(self._session.get(url, timeout=self.timeout))
+        if response.status_code == 404:
+            raise CivitaiNotFound(f"{url}: 404 {_error_text(response)}", 404)
+        if response.status_code >= 400:
+            raise CivitaiError(f"{url}: HTTP {response.status_code} {_error_text(response)}", response.status_code)
+        try:
+            body = response.json()
+        except ValueError as error:
+            raise TransientError(f"unparsable body ({len(response.content)} bytes): {error}") from None
+        if not isinstance(body, dict):
+            raise CivitaiError(f"{url}: expected a JSON object, got {type(body).__name__}")
+        return body
 
     def reachable(self, timeout: float = 5.0) -> bool:
         """One quick, unretried probe: can this API answer a listing at all? (Offline machines fail fast.)"""

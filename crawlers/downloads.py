@@ -16,9 +16,10 @@ Failures: 401 / login redirect -> DownloadAuthRequired; 403 early access / join 
 404 -> DownloadNotFound; wrong bytes -> DownloadHashMismatch (the .part is deleted); over the size cap ->
 DownloadTooLarge; everything else that retrying cannot fix, or retries running out -> DownloadError (the base of all
 of them). 429, 5xx, connection errors, truncated bodies and a refused storage signature (401/403 from the storage
-host, e.g. an expired pre-signed URL) are retried with jittered exponential backoff, honouring Retry-After; each
-retry asks the download endpoint for a fresh redirect and resumes from the bytes already written. An attempt that
-made progress resets the retry count, so a long download over a flaky line keeps going while it moves forward.
+host, e.g. an expired pre-signed URL) are retried through the shared policy (`crawlers.http_retry`: jittered
+exponential backoff, Retry-After honoured; a host that does not resolve fails at once); each retry asks the download
+endpoint for a fresh redirect and resumes from the bytes already written. An attempt that made progress resets the
+retry count, so a long download over a flaky line keeps going while it moves forward.
 
 The API key goes only to the Civitai origin (Bearer header; also `?token=` when `token_in_query=True`, for hosts
 that only read the query). Redirects are followed by hand and Authorization is never sent to another origin (the
@@ -32,7 +33,6 @@ import http.client
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -47,7 +47,14 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 import requests
 import urllib3
 
-from crawlers.civitai_client import RETRYABLE_STATUS, USER_AGENT, retry_after_seconds
+from crawlers.civitai_client import USER_AGENT
+from crawlers.http_retry import (
+    NameResolutionFailed,
+    RetriesExhausted,
+    RetryPolicy,
+    TransientError,
+    raise_for_retryable_status,
+)
 
 try:  # POSIX: a lock shared by processes; elsewhere only threads of this process are serialised
     import fcntl
@@ -101,14 +108,6 @@ class DownloadHashMismatch(DownloadError):
 
 class DownloadTooLarge(DownloadError):
     """The file is bigger than the downloader's `max_bytes` cap; nothing was kept."""
-
-
-class _Retry(Exception):
-    """One attempt failed in a way worth retrying (internal)."""
-
-    def __init__(self, problem: str, *, retry_after: float | None = None, progressed: bool = False) -> None:
-        super().__init__(problem)
-        self.retry_after, self.progressed = retry_after, progressed
 
 
 class _Restart(Exception):
@@ -220,7 +219,8 @@ class ModelDownloader:
         self.max_bytes = max_bytes
         self.token_in_query = token_in_query
         self.max_redirects = max_redirects
-        self._sleep = sleep
+        self._policy = RetryPolicy(max_attempts=max_retries + 1, backoff_base=backoff_base, backoff_cap=backoff_cap,
+                                   sleep=sleep)
         self._origin = _origin(self.base_url)
         self._thread_locks: dict[str, threading.Lock] = {}
         self._thread_locks_guard = threading.Lock()
@@ -300,55 +300,52 @@ class ModelDownloader:
     def _download(self, version_id: int, digest: str, entry: Path, hint: str | None,
                   progress: Progress | None) -> Path:
         part = self._part_path(entry)
-        failures = 0
-        retry_after: float | None = None
-        last_problem = "no attempt made"
-        restarts = 0  # 416s and ranges we did not ask for: start from zero without counting a failure, twice at most
-        fresh_after_mismatch = False
         log.info("downloading model version %d (sha256 %s) from %s", version_id, digest[:12], self._origin[1])
         with requests.Session() as session:
-            while True:
-                if failures:
-                    if failures > self.max_retries:
-                        kept = part.stat().st_size if part.exists() else 0
-                        raise DownloadError(
-                            f"model version {version_id}: gave up after {self.max_retries} retries; last problem: "
-                            f"{last_problem}" + (f" ({kept} bytes kept in {part.name} for resume)" if kept else ""),
-                            version_id=version_id)
-                    delay = self._backoff(failures, retry_after)
-                    log.info("model version %d: retrying in %.2fs (retry %d/%d): %s", version_id, delay, failures,
-                             self.max_retries, last_problem)
-                    self._sleep(delay)
-                offset = part.stat().st_size if part.exists() else 0
-                try:
-                    actual, name, resumed = self._attempt(session, version_id, part, offset, progress)
-                except _Retry as problem:
-                    last_problem, retry_after = self._redact(str(problem)), problem.retry_after
-                    failures = 1 if problem.progressed else failures + 1
-                    continue
-                except _Restart as why:
-                    part.unlink(missing_ok=True)
-                    restarts += 1
-                    last_problem = self._redact(str(why))
-                    log.info("model version %d: %s; starting again from zero", version_id, last_problem)
-                    if restarts > 2:
-                        failures += 1
-                    continue
-                except DownloadNotFound:
-                    part.unlink(missing_ok=True)  # the file is gone; there is nothing to resume
-                    raise
-                if actual != digest:
-                    part.unlink(missing_ok=True)
-                    if resumed and not fresh_after_mismatch:
-                        # The kept prefix may be from a different upload of the file: one clean try from zero.
-                        fresh_after_mismatch = True
-                        log.warning("model version %d: resumed download does not verify; downloading again from zero",
-                                    version_id)
-                        continue
-                    raise DownloadHashMismatch(
-                        f"model version {version_id}: downloaded bytes hash to sha256 {actual}, expected {digest}; "
-                        "nothing was kept", version_id=version_id, expected=digest, actual=actual)
-                return self._commit(part, entry, version_id, name or _safe_name(hint))
+            try:
+                name = self._policy.call(lambda: self._verified_try(session, version_id, digest, part, progress),
+                                         label=f"model version {version_id}", redact=self._redact)
+            except RetriesExhausted as gave_up:
+                kept = part.stat().st_size if part.exists() else 0
+                raise DownloadError(
+                    f"model version {version_id}: gave up after {self.max_retries} retries; last problem: "
+                    f"{gave_up.problem}" + (f" ({kept} bytes kept in {part.name} for resume)" if kept else ""),
+                    version_id=version_id) from None
+            except NameResolutionFailed as offline:
+                raise DownloadError(f"model version {version_id}: {offline}", version_id=version_id) from None
+            except requests.RequestException as error:  # not transient (an invalid redirect URL, ...)
+                raise DownloadError(f"model version {version_id}: {self._redact(f'{type(error).__name__}: {error}')}",
+                                    version_id=version_id) from None
+            except DownloadNotFound:
+                part.unlink(missing_ok=True)  # the file is gone; there is nothing to resume
+                raise
+        return self._commit(part, entry, version_id, name or _safe_name(hint))
+
+    def _verified_try(self, session: requests.Session, version_id: int, digest: str, part: Path,
+                      progress: Progress | None, *, fresh: bool = False) -> str | None:
+        """One try, resuming the .part, up to bytes that hash to `digest`; returns the server's file name if any.
+
+        A .part that cannot be resumed (416 beyond its end, a range we did not ask for), or a resumed file that does
+        not verify (the kept prefix may be from another upload of the file), is deleted and fetched again from zero
+        at once, `fresh`, once: no failure counted, no backoff."""
+        offset = part.stat().st_size if part.exists() else 0
+        try:
+            actual, name, resumed = self._attempt(session, version_id, part, offset, progress)
+        except _Restart as why:
+            part.unlink(missing_ok=True)
+            if fresh:
+                raise TransientError(str(why)) from None
+            log.info("model version %d: %s; starting again from zero", version_id, self._redact(str(why)))
+            return self._verified_try(session, version_id, digest, part, progress, fresh=True)
+        if actual == digest:
+            return name
+        part.unlink(missing_ok=True)
+        if resumed and not fresh:
+            log.warning("model version %d: resumed download does not verify; downloading again from zero", version_id)
+            return self._verified_try(session, version_id, digest, part, progress, fresh=True)
+        raise DownloadHashMismatch(
+            f"model version {version_id}: downloaded bytes hash to sha256 {actual}, expected {digest}; "
+            "nothing was kept", version_id=version_id, expected=digest, actual=actual)
 
     def _attempt(self, session: requests.Session, version_id: int, part: Path, offset: int,
                  progress: Progress | None) -> tuple[str, str | None, bool]:
@@ -368,10 +365,7 @@ class ModelDownloader:
                 headers["Accept"] = "*/*"
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            try:
-                response = session.get(url, headers=headers, stream=True, allow_redirects=False, timeout=self.timeout)
-            except requests.RequestException as error:
-                raise _Retry(f"{type(error).__name__}: {error}") from None
+            response = session.get(url, headers=headers, stream=True, allow_redirects=False, timeout=self.timeout)
             with response:
                 status = response.status_code
                 if status in REDIRECT_STATUS:
@@ -423,14 +417,14 @@ class ModelDownloader:
         status = response.status_code
         body = self._error_body(response)
         text = str(body.get("message") or body.get("error") or body.get("_text") or "").strip()[:300]
-        if status in RETRYABLE_STATUS:
-            raise _Retry(f"HTTP {status}", retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+        raise_for_retryable_status(response)
         if status in (404, 410):
             where = "" if to_civitai else " (the storage host has no such object)"
             raise DownloadNotFound(f"model version {version_id}: not found{where}: HTTP {status} {text}".rstrip(),
                                    version_id=version_id, status=status)
         if not to_civitai and status in (401, 403):
-            raise _Retry(f"storage host refused the signed URL: HTTP {status}")  # e.g. expired: ask for a fresh one
+            # e.g. an expired signature: the retry asks the download endpoint for a fresh one
+            raise TransientError(f"storage host refused the signed URL: HTTP {status}")
         if status == 401:
             raise DownloadAuthRequired(self._auth_message(version_id), version_id=version_id, status=status)
         if status == 403:
@@ -506,8 +500,9 @@ class ModelDownloader:
                 except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
                         OSError) as error:
                     out.flush()
-                    raise _Retry(f"connection lost after {done} of {total or '?'} bytes: {type(error).__name__}",
-                                 progressed=done > offset) from None
+                    raise TransientError(
+                        f"connection lost after {done} of {total or '?'} bytes: {type(error).__name__}",
+                        progressed=done > offset) from None
                 if not chunk:
                     continue
                 out.write(chunk)
@@ -523,7 +518,7 @@ class ModelDownloader:
             out.flush()
             os.fsync(out.fileno())
         if total is not None and done < total:
-            raise _Retry(f"truncated body: {done} of {total} bytes", progressed=done > offset)
+            raise TransientError(f"truncated body: {done} of {total} bytes", progressed=done > offset)
         return hasher.hexdigest(), name, offset > 0
 
     @staticmethod
@@ -563,11 +558,6 @@ class ModelDownloader:
         except OSError as error:  # the file itself is cached; the name is a nicety
             log.warning("sidecar not written for %s: %s", entry.name, error)
             tmp.unlink(missing_ok=True)
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        exponential = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        jittered = exponential * random.uniform(0.5, 1.0)
-        return max(jittered, retry_after) if retry_after is not None else jittered
 
     def _redact(self, text: str) -> str:
         if self._api_key:

@@ -1,24 +1,22 @@
 """The OpenAI-compatible describer: any chat-completions endpoint (vLLM, Ollama, llama.cpp, a hosted API).
 
-Requests run concurrently (a thread pool, as the work is waiting on the server). Each card's request is retried
-with jittered exponential backoff on 429, 5xx, timeouts and dropped connections (Retry-After honoured); a reply
-that holds no usable JSON is asked for once more; a card that still fails gets its card-text description, so a
-batch never fails for one card. Wrong credentials, an unknown endpoint or model fail every card alike, so they
-raise DescriberError instead. The API key is sent as a Bearer token and never logged or shown in repr().
+Requests run concurrently (a thread pool, as the work is waiting on the server) through the shared chat client
+(`embedding.chat.ChatClient`: JSON mode with a fallback, 429, 5xx, timeouts and dropped connections retried by the
+shared HTTP policy, Retry-After honoured); a reply that holds no usable JSON is asked for once more; a card that
+still fails gets its card-text description, so a batch never fails for one card. Wrong credentials, an unknown
+endpoint or model fail every card alike, so they raise DescriberError instead. The API key is sent as a Bearer
+token and never logged or shown in repr().
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
-
+from embedding.chat import ChatClient, ChatError, ask_json, is_http_url
 from embedding.describe_card import safe_describe_card
 from embedding.describe_prompt import LLM_PROMPT_VERSION, SYSTEM_PROMPT, card_prompt, repair
 from embedding.description import AdapterCard, DescriberError, Description
@@ -26,34 +24,7 @@ from embedding.example_images import image_data_uri, load_image
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = frozenset({408, 409, 425, 429})
 _FATAL = frozenset({401, 403, 404})
-
-
-def _is_http_url(url: object) -> bool:
-    return isinstance(url, str) and url.lower().startswith(("http://", "https://"))
-
-
-def _reply_content(response: requests.Response) -> str | None:
-    """The assistant message's text from a chat-completions response, or None when the body is not one."""
-    try:
-        payload = response.json()
-        content = payload["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    if isinstance(content, list):  # some servers answer with content parts
-        content = "".join(part.get("text", "") for part in content
-                          if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return content if isinstance(content, str) else None
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # absent, or an HTTP date: use our own backoff
-    return seconds if seconds >= 0 else None
 
 
 class OpenAICompatibleDescriber:
@@ -87,39 +58,23 @@ class OpenAICompatibleDescriber:
         After `max_consecutive_failures` cards in a row exhausted their retries, the rest of the batch falls back
         to card text without waiting on a server that is down.
         """
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError("model must name the served model, e.g. 'Qwen/Qwen2.5-VL-7B-Instruct'")
-        if not _is_http_url(base_url):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        for option, value in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
-            if not value >= 0:
-                raise ValueError(f"{option} must be >= 0, got {value!r}")
-        for option, value in (("max_retries", max_retries), ("max_images", max_images),
-                              ("invalid_reply_retries", invalid_reply_retries)):
+        for option, value in (("max_images", max_images), ("invalid_reply_retries", invalid_reply_retries)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{option} must be an integer >= 0, got {value!r}")
-        for option, value in (("concurrency", concurrency), ("max_tokens", max_tokens),
-                              ("max_consecutive_failures", max_consecutive_failures)):
+        for option, value in (("concurrency", concurrency), ("max_consecutive_failures", max_consecutive_failures)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
-        self.model = model.strip()
+        self.chat = ChatClient(base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                               backoff=backoff, max_backoff=max_backoff, json_mode=json_mode,
+                               temperature=temperature, max_tokens=max_tokens)
+        self.model = self.chat.model
         self.name = f"openai:{self.model}"
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.url = self.chat.url
         self.concurrency = concurrency
         self.max_images = max_images
         self.inline_images = inline_images
-        self.temperature = temperature
-        self.max_tokens = max_tokens
         self.invalid_reply_retries = invalid_reply_retries
         self.max_consecutive_failures = max_consecutive_failures
-        self._json_mode = json_mode
         self._lock = threading.Lock()
         self._consecutive_failures = 0
 
@@ -152,20 +107,30 @@ class OpenAICompatibleDescriber:
     def _ask(self, card: AdapterCard, fallback: Description) -> Description:
         if self._endpoint_down():
             return fallback
-        messages = self._messages(card)
-        with requests.Session() as session:
-            for _ in range(self.invalid_reply_retries + 1):
-                reply = self._complete(session, messages)
-                if reply is None:
-                    self._record(ok=False)
-                    log.warning("describer %s gave up on version %s; using card text", self.name, card.version_id)
-                    return fallback
-                self._record(ok=True)
-                described = repair(reply, card, fallback, self.name)
-                if described is not None:
-                    return described
-        log.warning("describer %s sent no usable JSON for version %s; using card text", self.name, card.version_id)
-        return fallback
+        try:
+            described = ask_json(self._complete, self._messages(card),
+                                 lambda reply: repair(reply, card, fallback, self.name),
+                                 retries=self.invalid_reply_retries)
+        except ChatError as error:
+            if error.status in _FATAL:
+                raise DescriberError(
+                    f"{self.url} answered {error.status} for model {self.model!r}: check the base URL, the model "
+                    "name and the API key"
+                ) from None
+            self._record(ok=False)
+            log.warning("describer %s gave up on version %s (%s); using card text", self.name, card.version_id,
+                        error)
+            return fallback
+        if described is None:
+            log.warning("describer %s sent no usable JSON for version %s; using card text", self.name,
+                        card.version_id)
+            return fallback
+        return described
+
+    def _complete(self, messages: list[dict[str, Any]]) -> str:
+        reply = self.chat.complete(messages)
+        self._record(ok=True)
+        return reply
 
     def _messages(self, card: AdapterCard) -> list[dict[str, Any]]:
         text = card_prompt(card)
@@ -178,7 +143,7 @@ class OpenAICompatibleDescriber:
         for url in card.example_image_urls[: self.max_images * 2]:  # some may fail to load when inlined
             if len(parts) == self.max_images:
                 break
-            if not _is_http_url(url):
+            if not is_http_url(url):
                 continue
             if self.inline_images:
                 image = load_image(url)  # the shared ImageFetcher: its caps and disk cache
@@ -187,50 +152,6 @@ class OpenAICompatibleDescriber:
                 url = image_data_uri(image)
             parts.append({"type": "image_url", "image_url": {"url": url}})
         return parts
-
-    def _complete(self, session: requests.Session, messages: list[dict[str, Any]]) -> str | None:
-        """The reply text; None once retries are exhausted or the server refuses this card (other 4xx)."""
-        use_json = self._json_mode
-        attempt = 0
-        while True:
-            body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                    "temperature": self.temperature, "max_tokens": self.max_tokens}
-            if use_json:
-                body["response_format"] = {"type": "json_object"}
-            wait: float | None = None
-            try:
-                response = session.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as error:
-                log.info("describer %s: %s (attempt %d)", self.name, type(error).__name__, attempt + 1)
-            else:
-                status = response.status_code
-                if status == 200:
-                    if not use_json and self._json_mode:
-                        self._json_mode = False  # the server rejects response_format: stop sending it
-                    return _reply_content(response) or ""
-                if status == 400 and use_json:
-                    log.info("describer %s: 400 with response_format; retrying without it", self.name)
-                    use_json = False
-                    continue
-                if status in _FATAL:
-                    raise DescriberError(
-                        f"{self.url} answered {status} for model {self.model!r}: check the base URL, the model "
-                        "name and the API key"
-                    )
-                if status not in _RETRYABLE and status < 500:
-                    log.warning("describer %s: the server refused the request (%d)", self.name, status)
-                    return None
-                log.info("describer %s: HTTP %d (attempt %d)", self.name, status, attempt + 1)
-                wait = _retry_after(response)
-            if attempt >= self.max_retries:
-                return None
-            time.sleep(self._delay(attempt, wait))
-            attempt += 1
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
 
     def _record(self, ok: bool) -> None:
         with self._lock:

@@ -11,11 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from embedding.chat import ChatClient, ChatError
 from serving.studio.instructions import (
-    BackendError,
     EditInstruction,
     InstructionParser,
-    OpenAIChat,
     first_json_object,
     parse_rules,
     repair,
@@ -175,8 +174,8 @@ def _completion(content: str) -> dict:
     return {"choices": [{"message": {"role": "assistant", "content": content}}]}
 
 
-def _chat(server: _Server, **options) -> OpenAIChat:
-    return OpenAIChat(server.url, "tiny-model", api_key="sk-secret", backoff=0, timeout=5, **options)
+def _chat(server: _Server, **options) -> ChatClient:
+    return ChatClient(server.url, "tiny-model", api_key="sk-secret", backoff=0, timeout=5, **options)
 
 
 GOOD = {"instruction_type": 2, "style_transformation": 0, "subject": "car + local", "generation_prompt": "a red car",
@@ -207,7 +206,7 @@ def test_openai_backend_down_falls_back_to_rules(server):
     parser = InstructionParser(_chat(server, max_retries=2))
     assert parser.parse("turn the cat into a tiger") == parse_rules("turn the cat into a tiger")
     assert len(server.requests) == 3
-    with pytest.raises(BackendError, match="HTTP 401"):
+    with pytest.raises(ChatError, match="HTTP 401"):
         server.script = [(401, {"error": "bad key"})]
         _chat(server)([{"role": "user", "content": "x"}])
 
@@ -221,13 +220,13 @@ def test_openai_backend_drops_json_mode_when_refused(server):
 
 
 def test_openai_backend_unreachable_and_bad_options():
-    closed = OpenAIChat("http://127.0.0.1:9/v1", "m", max_retries=1, backoff=0, timeout=1)
+    closed = ChatClient("http://127.0.0.1:9/v1", "m", max_retries=1, backoff=0, timeout=1)
     assert InstructionParser(closed).parse("add a moon").source == "rules"
     for bad in (dict(base_url="ftp://x", model="m"), dict(base_url="http://x", model=" "),
                 dict(base_url="http://x", model="m", timeout=-1), dict(base_url="http://x", model="m", max_retries=-1),
                 dict(base_url="http://x", model="m", max_tokens=0)):
         with pytest.raises(ValueError):
-            OpenAIChat(**bad)
+            ChatClient(**bad)
 
 
 # ---- SmolLM2 as the local backend --------------------------------------------------------------------------------

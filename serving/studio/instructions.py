@@ -6,10 +6,11 @@ change, 4 style transfer from a reference image), style_transformation (0|1), su
 contour_compatibility (0|1: the new content fits the old outline), foreground_elements (the objects in front).
 
 A chat model proposes the fields as JSON: a local transformers causal LM (`TransformersChat`) or an
-OpenAI-compatible endpoint (`OpenAIChat`). Its reply is repaired (first JSON object, types coerced, enums
-clamped, missing fields taken from the rules), asked for once more when it holds no usable JSON, and replaced by
-the deterministic rule-based parse when the model still fails or cannot be reached. `InstructionParser.parse`
-never raises: the text is capped and cleaned first, and the model's answer is only data to validate.
+OpenAI-compatible endpoint (the shared `embedding.chat.ChatClient`). Its reply is repaired (first JSON object,
+types coerced, enums clamped, missing fields taken from the rules), asked for once more when it holds no usable JSON
+(`embedding.chat.ask_json`), and replaced by the deterministic rule-based parse when the model still fails or
+cannot be reached. `InstructionParser.parse` never raises: the text is capped and cleaned first, and the model's
+answer is only data to validate.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import requests
+from embedding.chat import ChatBackend, ask_json, first_json_object
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +53,6 @@ _EXAMPLES = (
      {"instruction_type": 3, "style_transformation": 1, "subject": "image + global",
       "generation_prompt": "a watercolor painting", "contour_compatibility": 1, "foreground_elements": []}),
 )
-
-ChatBackend = Callable[[list[dict[str, str]]], str]
-
-
-class BackendError(RuntimeError):
-    """The chat model could not answer (transport failure, refused request); the parser falls back to rules."""
-
 
 @dataclass(frozen=True)
 class EditInstruction:
@@ -180,25 +172,6 @@ def parse_rules(instruction: object) -> EditInstruction:
 
 # ---- repair -------------------------------------------------------------------------------------------------------
 
-def first_json_object(text: object) -> dict[str, Any] | None:
-    """The first JSON object anywhere in `text` (prose, code fences and trailing junk around it are ignored)."""
-    if not isinstance(text, str):
-        return None
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    tries = 0
-    while start != -1 and tries < 50:  # bounded: a reply made of braces costs little
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            value = None
-        if isinstance(value, dict):
-            return value
-        tries += 1
-        start = text.find("{", start + 1)
-    return None
-
-
 def _as_int(value: Any, low: int, high: int) -> int | None:
     """An int in [low, high] from an int, an integral float, a numeric or yes/no string, or a bool."""
     if isinstance(value, bool):
@@ -295,18 +268,16 @@ class InstructionParser:
         rules = parse_rules(text)
         if self.backend is None or not text:
             return rules
-        messages = messages_for(text)
-        for attempt in range(self.retries + 1):
-            try:
-                reply = self.backend(messages if attempt == 0 else [*messages, _RETRY_NOTE])
-            except Exception as error:  # the backend is remote or a model: any failure means "use the rules"
-                log.warning("instruction backend failed (%s); using the rules", error.__class__.__name__)
-                return rules
-            parsed = repair(reply, rules)
-            if parsed is not None:
-                return parsed
-        log.warning("instruction backend sent no usable JSON; using the rules")
-        return rules
+        try:
+            parsed = ask_json(self.backend, messages_for(text), lambda reply: repair(reply, rules),
+                              retries=self.retries, note=_RETRY_NOTE)
+        except Exception as error:  # the backend is remote or a model: any failure means "use the rules"
+            log.warning("instruction backend failed (%s); using the rules", error.__class__.__name__)
+            return rules
+        if parsed is None:
+            log.warning("instruction backend sent no usable JSON; using the rules")
+            return rules
+        return parsed
 
 
 # ---- backends -----------------------------------------------------------------------------------------------------
@@ -335,85 +306,3 @@ class TransformersChat:
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=self.max_new_tokens, pad_token_id=pad)
         return "{" + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-class OpenAIChat:
-    """An OpenAI-compatible `/chat/completions` endpoint as a chat backend (vLLM, Ollama, a hosted API).
-
-    JSON mode (`response_format`) is asked for and dropped for good when the server rejects it with a 400; 429,
-    5xx, timeouts and dropped connections are retried with jittered backoff (Retry-After honoured, capped). The
-    key goes in the Authorization header only, never in logs or repr().
-    """
-
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 30.0,
-                 max_retries: int = 2, backoff: float = 0.5, max_backoff: float = 8.0, json_mode: bool = True,
-                 max_tokens: int = 300) -> None:
-        if not isinstance(base_url, str) or not base_url.lower().startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError("model must name the served model")
-        for option, value in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{option} must be a number >= 0, got {value!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model.strip()
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
-        self.json_mode = json_mode
-        self.max_tokens = max_tokens
-
-    def __repr__(self) -> str:
-        return f"OpenAIChat(url={self.url!r}, model={self.model!r})"
-
-    def __call__(self, messages: list[dict[str, str]]) -> str:
-        attempt = 0
-        while True:
-            body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0,
-                                    "max_tokens": self.max_tokens}
-            if self.json_mode:
-                body["response_format"] = {"type": "json_object"}
-            wait = None
-            try:
-                response = requests.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as error:
-                failure = f"{error.__class__.__name__}"
-            else:
-                if response.status_code == 400 and self.json_mode:
-                    self.json_mode = False  # the server does not take response_format: ask without it
-                    continue
-                if response.status_code == 200:
-                    return _reply_text(response)
-                if response.status_code != 429 and response.status_code < 500:
-                    raise BackendError(f"{self.url} answered HTTP {response.status_code}")
-                failure = f"HTTP {response.status_code}"
-                wait = _retry_after(response)
-            if attempt >= self.max_retries:
-                raise BackendError(f"{self.url} failed after {attempt + 1} tries ({failure})")
-            attempt += 1
-            delay = wait if wait is not None else self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())
-            time.sleep(min(delay, self.max_backoff))
-
-
-def _reply_text(response: requests.Response) -> str:
-    """The assistant's text; a body that is not a chat completion reads as an empty (unusable) reply."""
-    try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
-    if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return content if isinstance(content, str) else ""
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    try:
-        seconds = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
