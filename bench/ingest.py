@@ -37,10 +37,11 @@ def fresh_database(workdir: Path) -> str:
 
 
 def timed_refresh(dump: Path, url: str, workers: int) -> tuple[float, dict]:
+    from config import Settings
     from orchestration.run import run_refresh
 
     started = time.perf_counter()
-    result = run_refresh(dump_path=str(dump), database_url=url, workers=workers)
+    result = run_refresh(Settings.from_env(), dump_path=str(dump), database_url=url, workers=workers)
     seconds = time.perf_counter() - started
     if not result.success:
         sys.exit(f"the refresh failed: {[e.message for e in result.all_events if e.is_failure]}")

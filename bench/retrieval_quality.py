@@ -181,11 +181,12 @@ class System:
 
 def ingest(dump: Path, workdir: Path, workers: int) -> tuple[str, float]:
     from bench.ingest import fresh_database
+    from config import Settings
     from orchestration.run import refresh_zoo
 
     url = fresh_database(workdir)
     started = time.perf_counter()
-    outcome = refresh_zoo(dump_path=str(dump), database_url=url, workers=workers)
+    outcome = refresh_zoo(Settings.from_env(), dump_path=str(dump), database_url=url, workers=workers)
     seconds = time.perf_counter() - started
     if not outcome.success:
         sys.exit(f"the refresh failed: {outcome.failures()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
 
@@ -11,10 +12,15 @@ from db.embedded import embedded_database_url
 
 
 def database_url(settings: Settings) -> str:
-    """The SQLAlchemy URL to use, forcing the psycopg 3 driver on plain postgresql:// URLs."""
-    if settings.database_url is None:
-        return embedded_database_url(settings.embedded_pg_dir)
-    url = settings.database_url
+    """The SQLAlchemy URL the settings name (the embedded server is started when they name none)."""
+    return url_or_embedded(settings.database_url, settings.embedded_pg_dir)
+
+
+def url_or_embedded(url: str | None, embedded_dir: Path) -> str:
+    """`url` with the psycopg 3 driver forced on plain postgresql:// URLs; without one, the URL of the embedded
+    server whose data lives in `embedded_dir` (started on first use)."""
+    if url is None:
+        return embedded_database_url(embedded_dir)
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
@@ -27,5 +33,5 @@ def engine_for_url(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, future=True)
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
-    return engine_for_url(database_url(settings or Settings.from_env()))
+def get_engine(settings: Settings) -> Engine:
+    return engine_for_url(database_url(settings))

@@ -14,13 +14,16 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedding.chat import ChatClient, ChatError, ask_json, is_http_url
 from embedding.describe_card import safe_describe_card
 from embedding.describe_prompt import LLM_PROMPT_VERSION, SYSTEM_PROMPT, card_prompt, repair
 from embedding.description import AdapterCard, DescriberError, Description
 from embedding.example_images import image_data_uri, load_image
+
+if TYPE_CHECKING:
+    from embedding.image_fetch import ImageFetcher
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class OpenAICompatibleDescriber:
         concurrency: int = 4,
         max_images: int = 0,
         inline_images: bool = False,
+        image_fetcher: ImageFetcher | None = None,
         json_mode: bool = True,
         temperature: float = 0.0,
         max_tokens: int = 400,
@@ -54,7 +58,8 @@ class OpenAICompatibleDescriber:
         """`base_url` is the API root that `/chat/completions` is appended to (e.g. 'http://host:8000/v1').
 
         `max_images` example images go with each card as image_url parts (0: text only, for text models); with
-        `inline_images` they are fetched here and sent as data: URIs (for servers that cannot reach the web).
+        `inline_images` they are fetched here through `image_fetcher` and sent as data: URIs (for servers that
+        cannot reach the web).
         After `max_consecutive_failures` cards in a row exhausted their retries, the rest of the batch falls back
         to card text without waiting on a server that is down.
         """
@@ -73,6 +78,9 @@ class OpenAICompatibleDescriber:
         self.concurrency = concurrency
         self.max_images = max_images
         self.inline_images = inline_images
+        if inline_images and image_fetcher is None:
+            raise ValueError("inline_images needs an image_fetcher to fetch the images with")
+        self.image_fetcher = image_fetcher
         self.invalid_reply_retries = invalid_reply_retries
         self.max_consecutive_failures = max_consecutive_failures
         self._lock = threading.Lock()
@@ -146,7 +154,7 @@ class OpenAICompatibleDescriber:
             if not is_http_url(url):
                 continue
             if self.inline_images:
-                image = load_image(url)  # the shared ImageFetcher: its caps and disk cache
+                image = load_image(url, fetcher=self.image_fetcher)  # its caps and disk cache
                 if image is None:
                     continue
                 url = image_data_uri(image)

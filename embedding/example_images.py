@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # Pillow comes with the model stack; card-text and text-only endpoints work without it
@@ -22,36 +21,18 @@ log = logging.getLogger(__name__)
 
 MAX_SIDE = 768
 
-_shared_fetcher: ImageFetcher | None = None
-_shared_lock = threading.Lock()
-
-
-def shared_fetcher() -> ImageFetcher:
-    """The process's ImageFetcher, caching under $ZOO_HOME/images; created on first use (it imports Pillow)."""
-    global _shared_fetcher
-    if _shared_fetcher is None:
-        with _shared_lock:  # the OpenAI describer loads images from several threads at once
-            if _shared_fetcher is None:
-                from config import Settings
-                from embedding.image_fetch import ImageFetcher
-
-                _shared_fetcher = ImageFetcher(Settings.from_env().zoo_home / "images")
-    return _shared_fetcher
-
 
 def load_image(url: str, *, max_side: int = MAX_SIDE, fetcher: ImageFetcher | None = None) -> Image.Image | None:
     """The RGB image at `url`, no larger than `max_side` on its longer side, or None when it cannot be had.
 
-    It is fetched through `fetcher` (default: shared_fetcher()), so every ImageFetcher limit applies.
+    It is fetched through `fetcher` (the caller's, built from its settings), so every ImageFetcher limit applies;
+    without one there are no example images.
     """
     if not isinstance(max_side, int) or isinstance(max_side, bool) or max_side < 1:
         raise ValueError(f"max_side must be a positive whole number, got {max_side!r}")
     if fetcher is None:
-        try:
-            fetcher = shared_fetcher()
-        except Exception as error:  # bad settings, an uncreatable cache folder: the images are optional
-            log.warning("example images unavailable: no image fetcher (%s: %s)", type(error).__name__, error)
-            return None
+        log.warning("example image skipped: no image fetcher was given")
+        return None
     result = fetcher.fetch(url)
     if result.image is None:
         log.info("example image skipped: %s", result.error)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 
 from config import Settings
 from embedding.describers import Describer, make_describer
 from embedding.encoders import ImageEncoder, TextEncoder, make_encoders
+from embedding.example_images import load_image
 from embedding.image_fetch import ImageFetcher
 
 
@@ -25,12 +27,14 @@ class ModelChoice:
     describer_api_key: str | None
     vlm_model: str
     cache_dir: str
+    images_dir: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelChoice:
         return cls(settings.describer, settings.text_encoder, settings.image_encoder, settings.clip_model,
                    settings.clip_pretrained, settings.describer_base_url, settings.describer_model,
-                   settings.describer_api_key, settings.vlm_model, str(settings.zoo_home / "models"))
+                   settings.describer_api_key, settings.vlm_model, str(settings.zoo_home / "models"),
+                   str(settings.zoo_home / "images"))
 
 
 @lru_cache(maxsize=4)
@@ -39,7 +43,8 @@ def build_describer(choice: ModelChoice) -> Describer:
         return make_describer("openai", base_url=choice.describer_base_url, model=choice.describer_model,
                               api_key=choice.describer_api_key)
     if choice.describer == "vlm":
-        return make_describer("vlm", model=choice.vlm_model)
+        return make_describer("vlm", model=choice.vlm_model,
+                              image_loader=partial(load_image, fetcher=build_image_fetcher(choice)))
     return make_describer("card-text")
 
 
@@ -53,5 +58,7 @@ def build_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder | Non
     return make_encoders(text_preset, image_preset, **options)
 
 
-def build_image_fetcher(settings: Settings) -> ImageFetcher:
-    return ImageFetcher(settings.zoo_home / "images")
+@lru_cache(maxsize=4)
+def build_image_fetcher(choice: ModelChoice) -> ImageFetcher:
+    """The process's image fetcher (one disk cache and connection pool for the describer and the encoder)."""
+    return ImageFetcher(Path(choice.images_dir))

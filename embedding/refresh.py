@@ -112,9 +112,17 @@ def preferred_descriptions(conn: Connection, describer: str, prompt_version: str
 
 
 def space_name(text_encoder: TextEncoder, image_encoder: ImageEncoder | None) -> str:
-    image_dim = image_encoder.image_dim if image_encoder else 0
     image_name = getattr(image_encoder, "name", "none") if image_encoder else "none"
-    return f"{text_encoder.name}|{image_name}|{text_encoder.text_dim}+{image_dim}"
+    return f"{text_encoder.name}|{image_name}|{text_encoder.text_dim}+{_image_dimension(image_encoder)}"
+
+
+def space_dimension(text_encoder: TextEncoder, image_encoder: ImageEncoder | None) -> int:
+    """The length of the space's [text || image] vectors (no image half without an image encoder)."""
+    return text_encoder.text_dim + _image_dimension(image_encoder)
+
+
+def _image_dimension(image_encoder: ImageEncoder | None) -> int:
+    return image_encoder.image_dim if image_encoder else 0
 
 
 @dataclass
@@ -135,7 +143,7 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
                   shard: int = 0, shards: int = 1, batch_size: int = 64, max_images: int = 4) -> EmbedCounts:
     """Embed served versions whose text, image URLs or encoder changed: [text || mean of SFW image vectors]."""
     space = space_name(text_encoder, image_encoder)
-    image_dim = image_encoder.image_dim if image_encoder else 0
+    image_dim = _image_dimension(image_encoder)
     counts = EmbedCounts()
     with engine.connect() as conn:
         cards = {row["version_id"]: card_from_row(row) for row in served_cards(conn, shard, shards)}

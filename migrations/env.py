@@ -5,12 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
+from config import Settings
 from db.engine import engine_for_url, get_engine
 from db.schema import Base
 
 config = context.config
 url = config.attributes.get("url")
-engine = engine_for_url(url) if url else get_engine()
+engine = engine_for_url(url) if url else get_engine(Settings.from_env())  # the `alembic` command line
 
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
 

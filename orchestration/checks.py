@@ -6,7 +6,7 @@ from sqlalchemy import text
 
 from crawlers.nsfw import NSFW_BITS
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
-from embedding.refresh import space_name
+from embedding.refresh import space_dimension, space_name
 from orchestration.assets import adapter_checkpoint_links, zoo_catalog
 from orchestration.embedding_assets import retrieval_index
 from orchestration.models import ModelsResource
@@ -63,8 +63,7 @@ CATALOGUE_CHECKS = [nothing_nsfw_served, no_served_model_without_a_version, link
 @asset_check(asset=retrieval_index, description="Every served version has a vector of the space's dimension.")
 def every_served_version_has_a_vector(database: DatabaseResource, models: ModelsResource) -> AssetCheckResult:
     text_encoder, image_encoder = models.encoders()
-    space = space_name(text_encoder, image_encoder)
-    dimension = text_encoder.text_dim + (image_encoder.image_dim if image_encoder else 0)
+    space, dimension = space_name(text_encoder, image_encoder), space_dimension(text_encoder, image_encoder)
     with database.engine().connect() as conn:
         missing = conn.execute(text(
             """

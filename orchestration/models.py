@@ -1,6 +1,8 @@
 """The models resource: the describer, encoders and image fetcher of the configured preset, built once per process."""
 
-import os
+from __future__ import annotations
+
+from dataclasses import asdict, fields
 
 from dagster import ConfigurableResource
 
@@ -12,22 +14,33 @@ from embedding.presets import ModelChoice, build_describer, build_encoders, buil
 
 
 class ModelsResource(ConfigurableResource):
-    """Preset models (ZOO_PRESET and the ZOO_* overrides); fields set here override the environment."""
+    """The preset's models, as `embedding.presets.ModelChoice` names them (zoo_resources fills them in)."""
 
-    describer: str | None = None
-    text_encoder: str | None = None
-    image_encoder: str | None = None
+    describer: str
+    text_encoder: str
+    image_encoder: str
+    clip_model: str
+    clip_pretrained: str
+    describer_base_url: str | None
+    describer_model: str | None
+    describer_api_key: str | None
+    vlm_model: str
+    cache_dir: str
+    images_dir: str
 
-    def _settings(self) -> Settings:
-        overrides = {"ZOO_DESCRIBER": self.describer, "ZOO_TEXT_ENCODER": self.text_encoder,
-                     "ZOO_IMAGE_ENCODER": self.image_encoder}
-        return Settings.from_env({**os.environ, **{k: v for k, v in overrides.items() if v}})
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: object) -> ModelsResource:
+        """The models the settings choose; `changes` set fields."""
+        return cls(**{**asdict(ModelChoice.from_settings(settings)), **changes})
 
-    def describer_model(self) -> Describer:
-        return build_describer(ModelChoice.from_settings(self._settings()))
+    def choice(self) -> ModelChoice:
+        return ModelChoice(**{field.name: getattr(self, field.name) for field in fields(ModelChoice)})
+
+    def load_describer(self) -> Describer:
+        return build_describer(self.choice())
 
     def encoders(self) -> tuple[TextEncoder, ImageEncoder | None]:
-        return build_encoders(ModelChoice.from_settings(self._settings()))
+        return build_encoders(self.choice())
 
     def image_fetcher(self) -> ImageFetcher:
-        return build_image_fetcher(self._settings())
+        return build_image_fetcher(self.choice())

@@ -1,40 +1,69 @@
-"""Dagster resources: the database and the Civitai client, configured from the project's settings."""
+"""Dagster resources: the database, the Civitai client and the models, all built from one Settings by zoo_resources."""
 
+from __future__ import annotations
 
-from dagster import ConfigurableResource
+from pathlib import Path
+
+from dagster import ConfigurableResource, EnvVar
 from sqlalchemy import Engine
 
 from config import Settings
 from crawlers.civitai_client import CivitaiClient
-from db.engine import database_url, engine_for_url
+from db.engine import engine_for_url, url_or_embedded
 from db.migrate import ensure_migrated
+from orchestration.models import ModelsResource
 
 
 class DatabaseResource(ConfigurableResource):
-    """Postgres with pgvector: `url` when given, else DATABASE_URL, else the embedded server under ZOO_HOME."""
+    """Postgres with pgvector: `url`, or without one the embedded server whose data lives in `embedded_dir`."""
 
-    url: str | None = None
+    url: str | None
+    embedded_dir: str
 
     def engine(self) -> Engine:
         """The engine, with the schema migrated to head (the pipeline's first step on a new database)."""
-        return ensure_migrated(engine_for_url(self.url or database_url(Settings.from_env())))
+        return ensure_migrated(engine_for_url(url_or_embedded(self.url, Path(self.embedded_dir))))
 
 
 class CivitaiResource(ConfigurableResource):
-    """The Civitai API client; unset fields come from CIVITAI_BASE_URL, CIVITAI_API_KEY, CIVITAI_RATE_LIMIT, ..."""
+    """The Civitai API client."""
 
-    base_url: str | None = None
-    api_key: str | None = None
-    requests_per_second: float | None = None
+    base_url: str
+    api_key: str | None
+    requests_per_second: float
+    timeout_seconds: float
+    max_retries: int
     backoff_base_seconds: float = 1.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: object) -> CivitaiResource:
+        """The client the settings describe; `changes` set fields (tests: a fake server, no waiting)."""
+        return cls(**{"base_url": settings.civitai_base_url, "api_key": settings.civitai_api_key,
+                      "requests_per_second": settings.civitai_requests_per_second,
+                      "timeout_seconds": settings.civitai_timeout_seconds,
+                      "max_retries": settings.civitai_max_retries, **changes})
+
     def client(self) -> CivitaiClient:
-        settings = Settings.from_env()
-        return CivitaiClient(
-            self.base_url or settings.civitai_base_url,
-            api_key=self.api_key or settings.civitai_api_key,
-            requests_per_second=self.requests_per_second or settings.civitai_requests_per_second,
-            timeout=settings.civitai_timeout_seconds,
-            max_retries=settings.civitai_max_retries,
-            backoff_base=self.backoff_base_seconds,
-        )
+        return CivitaiClient(self.base_url, api_key=self.api_key, requests_per_second=self.requests_per_second,
+                             timeout=self.timeout_seconds, max_retries=self.max_retries,
+                             backoff_base=self.backoff_base_seconds)
+
+
+def zoo_resources(settings: Settings, *, secrets_as_env_vars: bool = False) -> dict[str, ConfigurableResource]:
+    """The resources `database`, `civitai` and `models`, configured from `settings`.
+
+    Dagster's UI shows resource configuration, so a code location passes `secrets_as_env_vars`: the database URL
+    and API keys the settings hold are then given as the environment variables the settings read them from, and
+    the UI names the variable instead of showing its value.
+    """
+
+    def secret(value: str | None, variable: str) -> str | None:
+        return EnvVar(variable) if secrets_as_env_vars and value is not None else value
+
+    return {
+        "database": DatabaseResource(url=secret(settings.database_url, "DATABASE_URL"),
+                                     embedded_dir=str(settings.embedded_pg_dir)),
+        "civitai": CivitaiResource.from_settings(settings, api_key=secret(settings.civitai_api_key, "CIVITAI_API_KEY")),
+        "models": ModelsResource.from_settings(
+            settings, describer_api_key=secret(settings.describer_api_key, "ZOO_DESCRIBER_API_KEY")),
+    }

@@ -1,49 +1,55 @@
 """Run the refresh in-process (what `zoo refresh`, `zoo demo`, the tests and the benchmarks use).
 
-`run_refresh` materialises the catalogue assets in one run; `refresh_zoo` runs the whole graph: the catalogue, then
-each shard of the partitioned describe/embed assets, then the retrieval index, and sums up the runs.
+Both build the code location from the settings they are given and run its jobs: `run_refresh` the catalogue job;
+`refresh_zoo` the whole graph: the catalogue, then each shard of the describe/embed job, then the index job, and
+sums up the runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
-from orchestration.assets import CATALOGUE_ASSETS
-from orchestration.checks import CATALOGUE_CHECKS, RETRIEVAL_CHECKS
-from orchestration.embedding_assets import RETRIEVAL_ASSETS, adapter_descriptions, retrieval_index, shards, zoo_embeddings
+from config import Settings
+from orchestration.location import embed_job, index_job, refresh_job, zoo_definitions
 from orchestration.models import ModelsResource
-from orchestration.resources import CivitaiResource, DatabaseResource
+from orchestration.resources import CivitaiResource
 
-ALL_ASSETS = [*CATALOGUE_ASSETS, *RETRIEVAL_ASSETS, *CATALOGUE_CHECKS, *RETRIEVAL_CHECKS]
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _resources(database_url: str | None, civitai: CivitaiResource | None, models: ModelsResource | None) -> dict:
-    return {"database": DatabaseResource(url=database_url), "civitai": civitai or CivitaiResource(),
-            "models": models or ModelsResource()}
+def _definitions(settings: Settings, database_url: str | None, civitai: CivitaiResource | None,
+                 models: ModelsResource | None) -> Definitions:
+    if database_url is not None:
+        settings = replace(settings, database_url=database_url)
+    overrides = {"civitai": civitai, "models": models}
+    return zoo_definitions(settings, resources={key: value for key, value in overrides.items() if value is not None})
 
 
-def run_refresh(*, dump_path: str | None = None, types: list[str] | None = None,
-                base_models: list[str] | None = None, max_pages: int | None = None, workers: int = 2,
-                database_url: str | None = None, civitai: CivitaiResource | None = None,
-                models: ModelsResource | None = None, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
-    """Materialise the catalogue assets and run their checks; the result says whether it succeeded."""
+def _run_catalogue(defs: Definitions, instance: DagsterInstance | None, *, dump_path: str | None = None,
+                   types: list[str] | None = None, base_models: list[str] | None = None,
+                   max_pages: int | None = None, workers: int = 2) -> ExecuteInProcessResult:
     crawl: dict = {"dump_path": dump_path, "max_pages": max_pages}
     if types:
         crawl["types"] = types
     if base_models:
         crawl["base_models"] = base_models
-    return materialize(
-        ALL_ASSETS,
-        selection=AssetSelection.assets(*CATALOGUE_ASSETS),
-        resources=_resources(database_url, civitai, models),
+    return defs.resolve_job_def(refresh_job.name).execute_in_process(
         run_config={"ops": {"civitai_models_raw": {"config": crawl}, "zoo_catalog": {"config": {"workers": workers}}},
                     **_QUIET},
-        instance=instance,
-        raise_on_error=False,
-    )
+        instance=instance, raise_on_error=False)
+
+
+def run_refresh(settings: Settings, *, dump_path: str | None = None, types: list[str] | None = None,
+                base_models: list[str] | None = None, max_pages: int | None = None, workers: int = 2,
+                database_url: str | None = None, civitai: CivitaiResource | None = None,
+                models: ModelsResource | None = None, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+    """Materialise the catalogue assets and run their checks; the result says whether it succeeded.
+
+    `database_url`, `civitai` and `models` replace what the settings configure."""
+    return _run_catalogue(_definitions(settings, database_url, civitai, models), instance, dump_path=dump_path,
+                          types=types, base_models=base_models, max_pages=max_pages, workers=workers)
 
 
 @dataclass
@@ -74,21 +80,21 @@ class RefreshOutcome:
                 for run in self.runs for event in run.all_events if event.is_step_failure]
 
 
-def refresh_zoo(settings=None, *, database_url: str | None = None, civitai: CivitaiResource | None = None,
+def refresh_zoo(settings: Settings, *, database_url: str | None = None, civitai: CivitaiResource | None = None,
                 models: ModelsResource | None = None, instance: DagsterInstance | None = None,
                 **catalogue_options) -> RefreshOutcome:
-    """The whole graph: catalogue, every describe/embed shard, then the index; stops at the first failed run."""
-    outcome = RefreshOutcome([run_refresh(database_url=database_url, civitai=civitai, models=models,
-                                          instance=instance, **catalogue_options)])
-    resources = _resources(database_url, civitai, models)
-    for shard in shards.get_partition_keys():
+    """The whole graph: catalogue, every describe/embed shard, then the index; stops at the first failed run.
+
+    `catalogue_options` are run_refresh's (dump_path, types, base_models, max_pages, workers)."""
+    defs = _definitions(settings, database_url, civitai, models)
+    outcome = RefreshOutcome([_run_catalogue(defs, instance, **catalogue_options)])
+    embed = defs.resolve_job_def(embed_job.name)
+    for shard in embed.partitions_def.get_partition_keys():
         if not outcome.success:
             return outcome
-        outcome.runs.append(materialize(
-            ALL_ASSETS, selection=AssetSelection.assets(adapter_descriptions, zoo_embeddings), partition_key=shard,
-            resources=resources, run_config=_QUIET, instance=instance, raise_on_error=False))
+        outcome.runs.append(embed.execute_in_process(partition_key=shard, run_config=_QUIET, instance=instance,
+                                                     raise_on_error=False))
     if outcome.success:
-        outcome.runs.append(materialize(
-            ALL_ASSETS, selection=AssetSelection.assets(retrieval_index), resources=resources, run_config=_QUIET,
-            instance=instance, raise_on_error=False))
+        outcome.runs.append(defs.resolve_job_def(index_job.name).execute_in_process(
+            run_config=_QUIET, instance=instance, raise_on_error=False))
     return outcome

@@ -64,6 +64,14 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def settings(zoo_home: str, database_url: str):
+    """The lite preset's settings on the module's database, with the session's ZOO_HOME (not the environment's)."""
+    from config import Settings
+
+    return Settings(zoo_home=Path(zoo_home), database_url=database_url)
+
+
+@pytest.fixture(scope="module")
 def engine(database_url: str) -> Engine:
     """An engine on the module's database, migrated to head."""
     from db.engine import engine_for_url

@@ -326,14 +326,17 @@ def test_a_second_crawl_of_a_listing_being_crawled_is_refused(db: Engine, fake: 
 # ------------------------------------------------------------------ the whole Dagster job
 
 def test_dagster_job_against_the_fake(db: Engine, database_url: str, fake: FakeCivitai) -> None:
+    from config import Settings
     from orchestration.resources import CivitaiResource
     from orchestration.run import run_refresh
 
     fake.faults.extend([Fault("500"), Fault("reset"), Fault("429")])
     types = sorted({item["type"] for item in fake.items})
+    settings = Settings.from_env()
     result = run_refresh(
-        database_url=database_url,
-        civitai=CivitaiResource(base_url=fake.base_url, requests_per_second=1000, backoff_base_seconds=0.01),
+        settings, database_url=database_url,
+        civitai=CivitaiResource.from_settings(settings, base_url=fake.base_url, requests_per_second=1000,
+                                              backoff_base_seconds=0.01),
         types=types, workers=1,
     )
     assert result.success

@@ -38,7 +38,6 @@ from embedding.describers import (
     TransformersVLMDescriber,
     make_describer,
 )
-from embedding import example_images
 from embedding.example_images import load_image
 
 
@@ -513,21 +512,21 @@ def test_openai_concurrency_limit_and_order() -> None:
     assert 1 < fake.max_in_flight <= 3
 
 
-def test_openai_inline_images_are_fetched_capped_and_sent_as_data_uris(monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path) -> None:
+def test_openai_inline_images_are_fetched_capped_and_sent_as_data_uris(tmp_path: Path) -> None:
     Image = pytest.importorskip("PIL.Image")  # Pillow comes with the model stack
-    monkeypatch.setenv("ZOO_HOME", str(tmp_path))  # the shared fetcher caches here, not in the user's home
-    monkeypatch.setattr(example_images, "_shared_fetcher", None)
+    from embedding.image_fetch import ImageFetcher
+
     buffer = io.BytesIO()
     Image.new("RGB", (1200, 600), "blue").save(buffer, format="PNG")
     files = {"good.png": buffer.getvalue(), "junk.png": b"not an image at all"}
     with FakeOpenAI(lambda seen: good_reply(), files=files) as fake:
         urls = (f"{fake.root}/files/junk.png", "file:///etc/passwd", f"{fake.root}/files/good.png",
                 f"{fake.root}/files/good.png", f"{fake.root}/files/good.png")
-        openai(fake, max_images=2, inline_images=True).describe([card(example_image_urls=urls)])
+        openai(fake, max_images=2, inline_images=True, image_fetcher=ImageFetcher(tmp_path / "images")).describe(
+            [card(example_image_urls=urls)])
     parts = fake.seen[0].body["messages"][1]["content"][1:]
     assert len(parts) == 2 and all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in parts)
-    assert any((tmp_path / "images").rglob("*"))  # fetched through the shared ImageFetcher and its cache
+    assert any((tmp_path / "images").rglob("*"))  # fetched through the given ImageFetcher and its cache
 
 
 def test_load_image_goes_through_the_given_fetcher_and_shrinks_to_max_side(tmp_path: Path) -> None:

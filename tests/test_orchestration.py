@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from dagster import AssetKey
@@ -12,6 +13,8 @@ from sqlalchemy import text
 
 from helpers import FIXTURES
 from orchestration.definitions import defs
+from orchestration.location import zoo_definitions
+from orchestration.resources import zoo_resources
 from orchestration.run import run_refresh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +42,34 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
                            "no_nsfw_model_has_a_vector"}
 
 
+def test_jobs_select_asset_groups_and_the_settings_set_the_shards(settings) -> None:
+    location = zoo_definitions(replace(settings, shards=3))
+
+    def selected(job: str) -> set[str]:
+        graph = location.resolve_job_def(job).asset_layer.asset_graph
+        return {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).is_executable}
+
+    assert selected("refresh_zoo") == {"civitai_models_raw", "zoo_catalog", "image_resources",
+                                       "adapter_checkpoint_links"}
+    assert selected("describe_and_embed") == {"adapter_descriptions", "zoo_embeddings"}
+    assert selected("build_retrieval_index") == {"retrieval_index"}
+    assert location.resolve_job_def("describe_and_embed").partitions_def.get_partition_keys() == ["0", "1", "2"]
+    graph = location.resolve_asset_graph()
+    assert all("postgres" in graph.get(key).kinds for key in graph.get_all_asset_keys())
+    assert "pytorch" in graph.get(AssetKey("zoo_embeddings")).kinds
+
+
+def test_resources_come_from_the_settings_and_secrets_stay_out_of_their_config(settings) -> None:
+    keyed = replace(settings, civitai_api_key="civitai-secret", describer_api_key="describer-secret")
+    plain = zoo_resources(keyed)
+    assert plain["database"].url == settings.database_url
+    assert plain["civitai"].api_key == "civitai-secret" and plain["models"].describer_api_key == "describer-secret"
+    assert plain["models"].images_dir == str(settings.zoo_home / "images")
+    hidden = zoo_resources(keyed, secrets_as_env_vars=True)  # what the code location, seen in the UI, holds
+    assert (hidden["database"].url, hidden["civitai"].api_key, hidden["models"].describer_api_key) == (
+        "DATABASE_URL", "CIVITAI_API_KEY", "ZOO_DESCRIBER_API_KEY")
+
+
 def test_dagster_loads_the_code_location() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "orchestration.definitions"],
@@ -47,8 +78,8 @@ def test_dagster_loads_the_code_location() -> None:
     assert "Validation successful" in done.stderr + done.stdout
 
 
-def test_in_process_run_materialises_every_asset_with_metadata(database_url: str, engine) -> None:
-    result = run_refresh(dump_path=str(FIXTURES / "civitai_2023.jsonl"), database_url=database_url, workers=1)
+def test_in_process_run_materialises_every_asset_with_metadata(settings, engine) -> None:
+    result = run_refresh(settings, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1)
     assert result.success
     metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
                 for event in result.get_asset_materialization_events()}
@@ -57,9 +88,11 @@ def test_in_process_run_materialises_every_asset_with_metadata(database_url: str
     assert metadata["zoo_catalog"]["rows_models"] == 9
     assert metadata["adapter_checkpoint_links"]["links"] > 0
     assert all(key in metadata["zoo_catalog"] for key in ("seconds", "rows_images", "rows_image_resources"))
+    assert all(isinstance(asset["seconds"], float) for asset in metadata.values())
+    assert metadata["civitai_models_raw"]["models_per_second"] > 0
     assert all(event.passed for event in result.get_asset_check_evaluations())
 
-    again = run_refresh(dump_path=str(FIXTURES / "civitai_2023.jsonl"), database_url=database_url, workers=1)
+    again = run_refresh(settings, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1)
     second = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
               for event in again.get_asset_materialization_events()}
     assert second["civitai_models_raw"]["models_unchanged"] == 9
@@ -68,12 +101,12 @@ def test_in_process_run_materialises_every_asset_with_metadata(database_url: str
     assert second["adapter_checkpoint_links"]["skipped"] is True
 
 
-def test_nsfw_check_fails_when_an_nsfw_model_slips_into_serving(database_url: str, engine) -> None:
-    run_refresh(dump_path=str(FIXTURES / "civitai_2023.jsonl"), database_url=database_url, workers=1)
+def test_nsfw_check_fails_when_an_nsfw_model_slips_into_serving(settings, engine) -> None:
+    run_refresh(settings, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1)
     with engine.begin() as conn:  # a policy bug: the decision says SFW although the API flag is set
         flagged = conn.execute(text("UPDATE models SET nsfw = false WHERE nsfw_flag RETURNING id")).scalars().all()
     assert flagged
-    result = run_refresh(dump_path=str(FIXTURES / "civitai_2023.jsonl"), database_url=database_url, workers=1)
+    result = run_refresh(settings, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1)
     checks = {event.check_name: event.passed for event in result.get_asset_check_evaluations()}
     assert checks["nothing_nsfw_served"] is False
     assert not result.success

@@ -20,7 +20,7 @@ from serving.search import Filters, Retriever, Weights
 @pytest.fixture(scope="module")
 def zoo(engine, database_url: str, monkeypatch_module):
     monkeypatch_module.setenv("DATABASE_URL", database_url)
-    outcome = refresh_zoo(dump_path=str(snapshot_path()), database_url=database_url, workers=1)
+    outcome = refresh_zoo(Settings.from_env(), dump_path=str(snapshot_path()), database_url=database_url, workers=1)
     assert outcome.success, outcome.failures()
     return outcome
 
@@ -162,14 +162,15 @@ def test_a_changed_card_re_describes_and_re_embeds_one_version(zoo, engine, data
     dump = tmp_path / "changed.jsonl"
     dump.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    outcome = refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1)
+    outcome = refresh_zoo(Settings.from_env(), dump_path=str(dump), database_url=database_url, workers=1)
     assert outcome.success
     metadata = outcome.materializations()
     described = sum(v["described"] for k, v in metadata.items() if k.startswith("adapter_descriptions["))
     embedded = sum(v["embedded"] for k, v in metadata.items() if k.startswith("zoo_embeddings["))
     assert (described, embedded) == (1, 1)
 
-    again = refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1).materializations()
+    again = refresh_zoo(Settings.from_env(), dump_path=str(dump), database_url=database_url,
+                        workers=1).materializations()
     assert sum(v["described"] for k, v in again.items() if k.startswith("adapter_descriptions[")) == 0
     assert sum(v["embedded"] for k, v in again.items() if k.startswith("zoo_embeddings[")) == 0
 

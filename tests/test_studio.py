@@ -120,7 +120,7 @@ def world(engine, database_url, patch, tmp_path_factory):
     patch.setenv("CIVITAI_MAX_RETRIES", "0")
     patch.delenv("CIVITAI_API_KEY", raising=False)
     patch.delenv("ZOO_PRESET", raising=False)
-    outcome = refresh_zoo(dump_path=str(snapshot_path()), database_url=database_url, workers=1)
+    outcome = refresh_zoo(Settings.from_env(), dump_path=str(snapshot_path()), database_url=database_url, workers=1)
     assert outcome.success, outcome.failures()
 
     config = sdc.write_sd15_config(root / "sd-config", "tiny")
@@ -316,7 +316,7 @@ def test_a_textual_inversion_the_negative_prompt_names_is_fetched_and_loaded(wor
     version["files"][0].update(id=939999, name="GrubblyNeg.safetensors")
     dump = tmp_path / "with-embedding.jsonl"
     dump.write_text("\n".join([*lines, json.dumps(item)]) + "\n", encoding="utf-8")
-    assert refresh_zoo(dump_path=str(dump), database_url=database_url, workers=1).success
+    assert refresh_zoo(Settings.from_env(), dump_path=str(dump), database_url=database_url, workers=1).success
 
     path = tmp_path / "GrubblyNeg.safetensors"
     save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(5))}, str(path))
