@@ -38,7 +38,8 @@ class Hit:
     recommended_weight: float | None
     download_url: str | None
     why: str
-    file_name: str | None = None
+    file_name: str | None = None  # the primary file's name and sha256: what the studio downloads and verifies
+    sha256: str | None = None
     description: str = ""
     lexical: float = 0.0  # BM25 of the query's words, relative to the best of the candidate pool
     matched_words: list[str] = field(default_factory=list)  # the query's words found in the embedded text

@@ -95,7 +95,8 @@ _RESULT = f"""
            s.base_model, s.base_model_family, r.similarity, r.score, r.co_usage_images, r.lexical,
            mw.words AS matched_words,
            s.version_download_count AS downloads, d.trigger_words, s.trained_words,
-           d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description
+           d.recommended_weight, s.download_url, s.primary_file_name AS file_name, coalesce(d.text, '') AS description,
+           s.primary_file_sha256 AS sha256
     FROM ranked r JOIN served_model_versions s ON s.version_id = r.version_id
     LEFT JOIN LATERAL ({_DESCRIPTION}) d ON true
     CROSS JOIN LATERAL ({_MATCHED_WORDS}) mw
@@ -370,7 +371,7 @@ class Retriever:
                    downloads=int(row["downloads"]), co_usage_images=int(row["co_usage_images"]),
                    trigger_words=trigger_words_or_trained(row["trigger_words"], row["trained_words"]),
                    recommended_weight=row["recommended_weight"], download_url=row["download_url"],
-                   why="; ".join(why), file_name=row["file_name"], description=row["description"],
+                   why="; ".join(why), file_name=row["file_name"], description=row["description"], sha256=row["sha256"],
                    lexical=round(float(row["lexical"]), 6), matched_words=list(row["matched_words"]))
 
 
