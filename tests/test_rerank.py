@@ -197,6 +197,31 @@ def test_bad_arguments_are_refused(tiny):
         Candidate("x", None, "style", "")
 
 
+def test_search_hits_are_scored_as_they_are(tiny):
+    """The reranker reads a search Hit's name, kind and description directly; `rerank_hits` reads a hit with no
+    description by its `why`, and hands back the same hits with their rerank score and round."""
+    from serving.search import rerank_hits
+    from serving.search.results import Hit
+
+    model, tok = tiny
+    texts = _candidates(4, seed=3)
+    hits = [Hit(model_id=1, version_id=10 + i, name=c.name, version_name="v1", type="LORA", kind=c.kind,
+                base_model="SD 1.5", base_model_family="SD1", score=0.0, similarity=0.0, downloads=0,
+                co_usage_images=0, trigger_words=[], recommended_weight=None, download_url=None,
+                why="" if i else "golden armor knight", description=c.description if i else "")
+            for i, c in enumerate(texts)]
+    read = [Candidate(c.id, c.name, c.kind, c.description if i else "golden armor knight")
+            for i, c in enumerate(texts)]
+    assert score_tree(model, tok, PROMPT, hits[1:], 16) == score_tree(model, tok, PROMPT, read[1:], 16)
+    reranked = rerank_hits(PROMPT, hits, (model, tok))
+    assert sorted(h.version_id for h in reranked) == [10, 11, 12, 13]
+    expected = {10 + int(r.candidate.id[1:]): r for r in tree_rerank(model, tok, PROMPT, read)}
+    for hit in reranked:
+        assert hit.rerank_round == expected[hit.version_id].round
+        assert hit.rerank_score == round(expected[hit.version_id].score, 6)
+        assert hit.description == hits[hit.version_id - 10].description  # the hit as search gave it
+
+
 def test_listwise_returns_a_permutation(tiny):
     model, tok = tiny
     candidates = _candidates(5, seed=11)

@@ -52,16 +52,17 @@ def _load_reranker(folder: Path) -> tuple:
 
 
 def rerank_hits(prompt: str, hits: list[Hit], reranker: tuple) -> list[Hit]:
-    """The hits in tree-rerank order, each with its rerank score and the round that last scored it."""
-    from serving.search.rerank import Candidate, tree_rerank
+    """The hits in tree-rerank order, each with its rerank score and the round that last scored it. A hit with no
+    description is read by its `why`."""
+    from serving.search.rerank import tree_rerank
 
     if not hits:
         return []
     model, tok = reranker
-    by_id = {str(hit.version_id): hit for hit in hits}
-    ranked = tree_rerank(model, tok, prompt,
-                         [Candidate(str(h.version_id), h.name, h.kind, h.description or h.why) for h in hits])
-    return [replace(by_id[r.candidate.id], rerank_score=round(float(r.score), 6), rerank_round=r.round)
+    read = [hit if hit.description else replace(hit, description=hit.why) for hit in hits]
+    given = {id(candidate): hit for candidate, hit in zip(read, hits, strict=True)}
+    ranked = tree_rerank(model, tok, prompt, read)
+    return [replace(given[id(r.candidate)], rerank_score=round(float(r.score), 6), rerank_round=r.round)
             for r in ranked]
 
 

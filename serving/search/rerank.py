@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -49,9 +49,26 @@ DEFAULT_BATCH_SIZE = {"cache": 16, "packed": 4}  # branches per forward; packed 
 DEFAULT_ROUNDS: tuple[tuple[int, float], ...] = ((32, 0.5), (128, 1.0))
 
 
+class Rankable(Protocol):
+    """What the reranker reads of a candidate: a search `Hit` (serving.search.results) fits, as does `Candidate`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+
+_READ = ("name", "kind", "description")
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One thing to rank: a checkpoint or an adapter, as the reranker reads it."""
+    """A text to rank that is not a search hit (benchmarks, tests): an id of the caller's and what the reranker
+    reads."""
 
     id: str
     name: str
@@ -59,7 +76,7 @@ class Candidate:
     description: str
 
     def __post_init__(self) -> None:
-        for field in ("id", "name", "kind", "description"):
+        for field in ("id", *_READ):
             if not isinstance(getattr(self, field), str):
                 raise TypeError(f"Candidate.{field} must be a str, got {type(getattr(self, field)).__name__}")
 
@@ -68,7 +85,7 @@ class Candidate:
 class Ranked:
     """A candidate's place after `tree_rerank`: its last score and the round (1-based) that gave it."""
 
-    candidate: Candidate
+    candidate: Rankable
     score: float
     round: int
 
@@ -144,7 +161,7 @@ def _layout(tok, prompt: str) -> _Layout:
                    no=_answer_token(tok, tail_text, "No"), pad=pad)
 
 
-def _branch(tok, layout: _Layout, candidate: Candidate, budget: int) -> list[int]:
+def _branch(tok, layout: _Layout, candidate: Rankable, budget: int) -> list[int]:
     """The candidate's text: name, kind, description cut to `budget` tokens, then the question tail."""
     header = (f"Name: {_clean(candidate.name, MAX_NAME_CHARS)}\nKind: {_clean(candidate.kind, MAX_KIND_CHARS)}\n"
               f"Description:")
@@ -153,12 +170,13 @@ def _branch(tok, layout: _Layout, candidate: Candidate, budget: int) -> list[int
     return _encode(tok, header) + body + layout.tail
 
 
-def _check(candidates: Sequence[Candidate], budget: int) -> None:
+def _check(candidates: Sequence[Rankable], budget: int) -> None:
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
         raise ValueError(f"budget must be an integer >= 0 (description tokens), got {budget!r}")
     for candidate in candidates:
-        if not isinstance(candidate, Candidate):
-            raise TypeError(f"candidates must be Candidate objects, got {type(candidate).__name__}")
+        if not all(isinstance(getattr(candidate, field, None), str) for field in _READ):
+            raise TypeError("each candidate needs str name, kind and description (a Candidate or a search Hit), got "
+                            f"{type(candidate).__name__}")
 
 
 def _device(model) -> torch.device:
@@ -172,7 +190,7 @@ def _margin(logits: torch.Tensor, layout: _Layout) -> list[float]:
 
 
 @torch.inference_mode()
-def score_independent(model, tok, prompt: str, candidates: Sequence[Candidate], budget: int = 64) -> list[float]:
+def score_independent(model, tok, prompt: str, candidates: Sequence[Rankable], budget: int = 64) -> list[float]:
     """One forward per candidate on prefix + branch; the reference the tree scores must equal."""
     _check(candidates, budget)
     layout = _layout(tok, prompt)
@@ -257,7 +275,7 @@ def _packed_batch(model, cache: Cache, branches: list[list[int]], p: int, layout
     return out.logits[0]
 
 
-def token_lengths(tok, prompt: str, candidates: Sequence[Candidate], budget: int) -> tuple[int, list[int]]:
+def token_lengths(tok, prompt: str, candidates: Sequence[Rankable], budget: int) -> tuple[int, list[int]]:
     """(prefix tokens, each candidate's branch tokens): what a scoring pass will cost, for budgets and benchmarks."""
     _check(candidates, budget)
     layout = _layout(tok, prompt)
@@ -265,7 +283,7 @@ def token_lengths(tok, prompt: str, candidates: Sequence[Candidate], budget: int
 
 
 @torch.inference_mode()
-def score_tree(model, tok, prompt: str, candidates: Sequence[Candidate], budget: int = 64, *,
+def score_tree(model, tok, prompt: str, candidates: Sequence[Rankable], budget: int = 64, *,
                batch_size: int | None = None, method: Method = DEFAULT_METHOD) -> list[float]:
     """The independent scores, from one prefix pass and batched branch passes (same order as `candidates`).
 
@@ -312,7 +330,7 @@ def _check_rounds(rounds: Sequence[tuple[int, float]]) -> list[tuple[int, float]
     return checked
 
 
-def tree_rerank(model, tok, prompt: str, candidates: Sequence[Candidate],
+def tree_rerank(model, tok, prompt: str, candidates: Sequence[Rankable],
                 rounds: Sequence[tuple[int, float]] = DEFAULT_ROUNDS, *, batch_size: int | None = None,
                 method: Method = DEFAULT_METHOD) -> list[Ranked]:
     """All candidates ranked: the last round's survivors by score, then those pruned later before those pruned
@@ -333,7 +351,7 @@ def tree_rerank(model, tok, prompt: str, candidates: Sequence[Candidate],
     return [Ranked(candidates[i], last[i][0], last[i][1]) for i in order]
 
 
-def _listwise_prompt(tok, prompt: str, candidates: Sequence[Candidate], budget: int) -> list[int]:
+def _listwise_prompt(tok, prompt: str, candidates: Sequence[Rankable], budget: int) -> list[int]:
     entries = []
     for number, candidate in enumerate(candidates, start=1):
         ids = _encode(tok, _clean(candidate.description, budget * _CHARS_PER_TOKEN))[:budget] if budget else []
@@ -359,8 +377,8 @@ def parse_ranking(text: str, n: int) -> list[int]:
 
 
 @torch.inference_mode()
-def score_listwise(model, tok, prompt: str, candidates: Sequence[Candidate], max_new_tokens: int | None = None,
-                   budget: int = 64) -> list[Candidate]:
+def score_listwise(model, tok, prompt: str, candidates: Sequence[Rankable], max_new_tokens: int | None = None,
+                   budget: int = 64) -> list[Rankable]:
     """The candidates in the order the model writes (greedy decoding); about 6 new tokens per candidate by
     default, enough for '[12] > ' each."""
     _check(candidates, budget)
