@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,54 +33,63 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int, steps: int, repeats: int,
-            device: str | None, scheduler: str) -> dict:
+@dataclass(frozen=True)
+class Setup:
+    """What every request of a run shares: the checkpoint (and its hash), size, steps, scheduler, device."""
+
+    config_dir: Path
+    checkpoint: Path
+    sha256: str
+    size: int
+    steps: int
+    device: str | None
+    scheduler: str
+
+    def request(self, manager, lora_set, seed=1):
+        from serving.studio.generate import generate
+
+        return generate(manager, checkpoint_path=self.checkpoint, checkpoint_sha256=self.sha256, loras=lora_set,
+                        prompt="a watercolor castle on a hill at sunset", negative_prompt="blurry, lowres",
+                        steps=self.steps, cfg=7.0, seed=seed, width=self.size, height=self.size,
+                        scheduler=self.scheduler)
+
+    def manager(self):
+        from serving.studio.pipelines import PipelineManager
+
+        return PipelineManager(self.config_dir, device=self.device, max_pipelines=1)
+
+
+def _sync() -> None:
     import torch
 
-    from serving.studio.generate import LoraUse, generate
-    from serving.studio.pipelines import PipelineManager, file_sha256
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
-    ckpt_sha = file_sha256(checkpoint)
-    uses = [LoraUse(p.stem, p, file_sha256(p), 0.8) for p in loras]
-    # Two LoRA sets to swap between: first half vs second half (one LoRA: it vs none).
-    half = max(1, len(uses) // 2)
-    set_a = uses[:half]
-    set_b = [LoraUse(u.name, u.path, u.sha256, 0.6) for u in uses[half:]] if len(uses) > 1 else []
 
-    def request(manager, lora_set, seed=1):
-        return generate(manager, checkpoint_path=checkpoint, checkpoint_sha256=ckpt_sha, loras=lora_set,
-                        prompt="a watercolor castle on a hill at sunset", negative_prompt="blurry, lowres",
-                        steps=steps, cfg=7.0, seed=seed, width=size, height=size, scheduler=scheduler)
-
-    def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    # Cold: single file -> warm pipeline (a fresh manager each time, so nothing is cached in-process but the OS page
-    # cache, as for any second load of a file).
+def measure_cold(setup: Setup, set_a: list, repeats: int) -> tuple[list[float], list[float]]:
+    """Single file -> warm pipeline, and the first load of a LoRA set on it (a fresh manager each time, so nothing
+    is cached in-process but the OS page cache, as for any second load of a file)."""
     cold, first_lora = [], []
     for _ in range(max(1, min(repeats, 3))):
-        manager = PipelineManager(config_dir, device=device, max_pipelines=1)
+        manager = setup.manager()
         t0 = time.perf_counter()
-        entry, _ = manager.get(checkpoint, ckpt_sha)
-        sync()
+        entry, _ = manager.get(setup.checkpoint, setup.sha256)
+        _sync()
         cold.append(time.perf_counter() - t0)
         if set_a:
             first_lora.append(manager.set_loras(entry, set_a)["lora_load_s"])
         del manager, entry
+    return cold, first_lora
 
-    manager = PipelineManager(config_dir, device=device, max_pipelines=1)
-    request(manager, set_a)  # cold request + warm-up (first-call kernels, allocator)
-    request(manager, set_b)  # every adapter of both sets now cached on the pipeline
-    entry, _ = manager.get(checkpoint, ckpt_sha)
 
-    # Interleaved, so that machine noise hits both alike: A A B B A A B B ... Each request after a change of set pays
-    # the swap inside its own set_loras (lora_set_s); the others keep their set.
+def measure_warm(setup: Setup, manager, set_a: list, set_b: list, repeats: int) -> dict[str, list[float] | float]:
+    """Interleaved, so that machine noise hits both alike: A A B B A A B B ... Each request after a change of set
+    pays the swap inside its own set_loras (lora_set_s); the others keep their set."""
     warm, warm_total, swap_total, swaps, warm_load_paid = [], [], [], [], 0.0
     previous = set_b
     for i in range(repeats):
         for lora_set in (set_a, set_a, set_b, set_b):
-            r = request(manager, lora_set, seed=i)
+            r = setup.request(manager, lora_set, seed=i)
             warm_load_paid += r.timings["load_s"] + r.timings["lora_load_s"]
             if lora_set is previous:
                 warm.append(r.timings["generate_s"])
@@ -88,8 +98,12 @@ def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int,
                 swaps.append(r.timings["lora_set_s"])
                 swap_total.append(r.timings["total_s"])
             previous = lora_set
+    return {"warm": warm, "warm_total": warm_total, "swaps": swaps, "swap_total": swap_total,
+            "warm_load_paid": warm_load_paid}
 
-    # The obvious alternative to the adapter cache: unload every LoRA and load the request's files again.
+
+def measure_reload(manager, entry, set_a: list, set_b: list, repeats: int) -> list[float]:
+    """The obvious alternative to the adapter cache: unload every LoRA and load the request's files again."""
     reload_lora = []
     for i in range(max(1, min(repeats, 3))):
         lora_set = set_b if i % 2 == 0 else set_a
@@ -98,23 +112,45 @@ def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int,
         entry.adapters.clear()
         entry.active = ()
         manager.set_loras(entry, lora_set)
-        sync()
+        _sync()
         reload_lora.append(time.perf_counter() - t0)
+    return reload_lora
 
-    gen = _median(warm)
+
+def measure(config_dir: Path, checkpoint: Path, loras: list[Path], *, size: int, steps: int, repeats: int,
+            device: str | None, scheduler: str) -> dict:
+    from serving.studio.generate import LoraUse
+    from serving.studio.model_files import file_sha256
+
+    setup = Setup(config_dir, checkpoint, file_sha256(checkpoint), size, steps, device, scheduler)
+    uses = [LoraUse(p.stem, p, file_sha256(p), 0.8) for p in loras]
+    # Two LoRA sets to swap between: first half vs second half (one LoRA: it vs none).
+    half = max(1, len(uses) // 2)
+    set_a = uses[:half]
+    set_b = [LoraUse(u.name, u.path, u.sha256, 0.6) for u in uses[half:]] if len(uses) > 1 else []
+
+    cold, first_lora = measure_cold(setup, set_a, repeats)
+    manager = setup.manager()
+    setup.request(manager, set_a)  # cold request + warm-up (first-call kernels, allocator)
+    setup.request(manager, set_b)  # every adapter of both sets now cached on the pipeline
+    entry, _ = manager.get(checkpoint, setup.sha256)
+    warm = measure_warm(setup, manager, set_a, set_b, repeats)
+    reload_lora = measure_reload(manager, entry, set_a, set_b, repeats)
+
+    gen = _median(warm["warm"])
     return {
         "cold_load_s": _median(cold),
         "first_lora_load_s": _median(first_lora) if first_lora else 0.0,
         "warm_generate_s": gen,
-        "swap_s": _median(swaps),
-        "warm_request_s": _median(warm_total),
-        "request_after_swap_s": _median(swap_total),
+        "swap_s": _median(warm["swaps"]),
+        "warm_request_s": _median(warm["warm_total"]),
+        "request_after_swap_s": _median(warm["swap_total"]),
         "lora_reload_s": _median(reload_lora),
-        "warm_load_paid_s": warm_load_paid,
+        "warm_load_paid_s": warm["warm_load_paid"],
         "checkpoint_loads_warm_phase": manager.loads,
-        "swap_over_generate": _median(swaps) / gen,
+        "swap_over_generate": _median(warm["swaps"]) / gen,
         "load_over_generate": _median(cold) / gen,
-        "lora_reload_over_swap": _median(reload_lora) / max(_median(swaps), 1e-9),
+        "lora_reload_over_swap": _median(reload_lora) / max(_median(warm["swaps"]), 1e-9),
         "n_loras": len(uses),
     }
 
@@ -142,7 +178,7 @@ def print_table(title: str, m: dict) -> None:
           f"checkpoint loads in the warm phase: {m['checkpoint_loads_warm_phase']}")
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="tiny run: image side in pixels (multiple of 64)")
     parser.add_argument("--steps", type=int, default=4, help="tiny run: denoising steps")
@@ -155,51 +191,69 @@ def main() -> None:
     parser.add_argument("--real-steps", type=int, default=25)
     parser.add_argument("--device", help="force a device for the real-size run (default: cuda when available)")
     parser.add_argument("--workdir", type=Path, help="where the configs and tiny files go (default: a temp dir)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _rounded(figures: dict) -> dict:
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+def tiny_run(args: argparse.Namespace, workdir: Path) -> dict:
+    """A random SD 1.5-topology checkpoint in the original single-file layout and four kohya LoRAs (two sets of
+    two), on the CPU."""
     import torch
 
     from serving.studio import sd_components as sdc
-
     from testkit import tiny_sd
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="zoo-bench-gen-"))
-    cuda = torch.cuda.is_available()
-
-    # Tiny run (always): random SD 1.5-topology checkpoint in the original single-file layout, two kohya LoRAs x2.
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     tiny_config = sdc.write_sd15_config(workdir / "tiny-config", "tiny")
     pipe = tiny_sd.build_random_pipeline(tiny_config, seed=0)
     ckpt = tiny_sd.save_single_file(pipe, workdir / "tiny.safetensors")
-    loras = [tiny_sd.write_random_kohya_lora(pipe, workdir / f"tiny-lora-{i}.safetensors", seed=i + 1) for i in range(4)]
+    loras = [tiny_sd.write_random_kohya_lora(pipe, workdir / f"tiny-lora-{i}.safetensors", seed=i + 1)
+             for i in range(4)]
     del pipe
     tiny = measure(tiny_config, ckpt, loras, size=args.size, steps=args.steps, repeats=args.repeats,
                    device="cpu", scheduler=args.scheduler)
     torch.set_num_threads(threads_before)
     print_table(f"tiny SD 1.5 topology, cpu ({args.threads} thread), {args.size}px, {args.steps} steps, "
                 f"{tiny['n_loras']} LoRAs in two sets", tiny)
-    headline = {"bench": "generate", "device": "cpu", "model": "tiny", "size": args.size, "steps": args.steps}
-    headline.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in tiny.items()})
+    return tiny
 
-    # Real size: a real checkpoint and LoRAs, when given and when there is a GPU (or a device is forced).
-    if args.checkpoint:
-        device = args.device or ("cuda" if cuda else None)
-        missing = [p for p in [args.checkpoint, *args.lora] if not p.is_file()]
-        if missing:
-            print(f"\nreal-size run skipped: not found: {', '.join(map(str, missing))}")
-        elif device is None:
-            print("\nreal-size run skipped: no CUDA device (pass --device cpu to force it)")
-        else:
-            config = sdc.write_sd15_config(workdir / "sd15-config", "sd15")
-            real = measure(config, args.checkpoint, list(args.lora), size=args.real_size, steps=args.real_steps,
-                           repeats=max(2, min(args.repeats, 3)), device=device, scheduler="dpm++_2m_karras")
-            print_table(f"real: {args.checkpoint.name}, {device}, {args.real_size}px, {args.real_steps} steps, "
-                        f"{real['n_loras']} LoRAs", real)
-            headline = {"bench": "generate", "device": device, "model": args.checkpoint.name,
-                        "size": args.real_size, "steps": args.real_steps,
-                        **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in real.items()},
-                        "tiny_swap_over_generate": round(tiny["swap_over_generate"], 5)}
+
+def real_run(args: argparse.Namespace, workdir: Path) -> dict | None:
+    """A real checkpoint and LoRAs, when given and when there is a GPU (or a device is forced)."""
+    import torch
+
+    from serving.studio import sd_components as sdc
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+    missing = [p for p in [args.checkpoint, *args.lora] if not p.is_file()]
+    if missing:
+        print(f"\nreal-size run skipped: not found: {', '.join(map(str, missing))}")
+        return None
+    if device is None:
+        print("\nreal-size run skipped: no CUDA device (pass --device cpu to force it)")
+        return None
+    config = sdc.write_sd15_config(workdir / "sd15-config", "sd15")
+    real = measure(config, args.checkpoint, list(args.lora), size=args.real_size, steps=args.real_steps,
+                   repeats=max(2, min(args.repeats, 3)), device=device, scheduler="dpm++_2m_karras")
+    print_table(f"real: {args.checkpoint.name}, {device}, {args.real_size}px, {args.real_steps} steps, "
+                f"{real['n_loras']} LoRAs", real)
+    return {"bench": "generate", "device": device, "model": args.checkpoint.name, "size": args.real_size,
+            "steps": args.real_steps, **_rounded(real)}
+
+
+def main() -> None:
+    args = _arguments()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="zoo-bench-gen-"))
+    tiny = tiny_run(args, workdir)
+    headline = {"bench": "generate", "device": "cpu", "model": "tiny", "size": args.size, "steps": args.steps,
+                **_rounded(tiny)}
+    real = real_run(args, workdir) if args.checkpoint else None
+    if real is not None:
+        headline = {**real, "tiny_swap_over_generate": round(tiny["swap_over_generate"], 5)}
     print(json.dumps(headline))
 
 

@@ -133,8 +133,8 @@ def _embedding_rows(module: torch.nn.Module) -> int | None:
     return None
 
 
-def check_tokenizer(vocab_size: int | None, embedding_rows: int | None, what: str) -> None:
-    """Fail loudly on a tokenizer that does not match its model.
+def check_vocabulary_matches_embeddings(vocab_size: int | None, embedding_rows: int | None, what: str) -> None:
+    """Fail loudly on a tokenizer whose vocabulary does not match its model's token table (one row per token).
 
     An offline load of a tokenizer that is not on disk can silently yield a 2-token placeholder, and a tokenizer with
     more ids than the model's table crashes mid-batch; both are caught here, at construction, with a fix to try.
@@ -181,7 +181,7 @@ class OpenClipEncoder:
         self._model = model.eval()
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
-        check_tokenizer(
+        check_vocabulary_matches_embeddings(
             _tokenizer_vocab_size(self._tokenizer),
             _embedding_rows(model),
             f"open_clip {model_name!r} (CLIP's BPE vocabulary has {CLIP_VOCAB_SIZE} tokens)",
@@ -242,7 +242,8 @@ class MiniLMTextEncoder:
         self.device = torch.device(device or default_device())
         self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
-        check_tokenizer(len(self._tokenizer), self._model.get_input_embeddings().num_embeddings, "all-MiniLM-L6-v2")
+        check_vocabulary_matches_embeddings(len(self._tokenizer), self._model.get_input_embeddings().num_embeddings,
+                                            "all-MiniLM-L6-v2")
         self.max_length = self._read_max_length(folder)
         self.text_dim = int(self._model.config.hidden_size)
         if self.text_dim != MINILM_DIM:

@@ -12,7 +12,7 @@ from embedding.encoders import (
     EncoderError,
     MiniLMTextEncoder,
     OpenClipEncoder,
-    check_tokenizer,
+    check_vocabulary_matches_embeddings,
     embed_card_vectors,
     make_encoders,
 )
@@ -127,8 +127,8 @@ def test_tokenizer_guard_rejects_a_placeholder_tokenizer(monkeypatch: pytest.Mon
     with pytest.raises(EncoderError, match="tokenizer has 2 tokens"):
         OpenClipEncoder(TINY_NAME, pretrained=None, model_config=TINY_CLIP, device="cpu")
     with pytest.raises(EncoderError):
-        check_tokenizer(None, 49408, "unknown tokenizer")
-    check_tokenizer(49408, 49408, "CLIP")
+        check_vocabulary_matches_embeddings(None, 49408, "unknown tokenizer")
+    check_vocabulary_matches_embeddings(49408, 49408, "CLIP")
 
 
 def test_custom_config_errors_are_clear() -> None:

@@ -18,7 +18,8 @@ from serving.studio import sd_components as sdc
 from testkit import tiny_sd
 from crawlers.a1111 import strip_model_tags
 from serving.studio.generate import LoraUse, generate, save_png
-from serving.studio.pipelines import PipelineManager, file_sha256
+from serving.studio.model_files import file_sha256
+from serving.studio.pipelines import PipelineManager
 from serving.studio.png_info import GenerationParameters, parse_parameters, read_png_parameters
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -277,7 +278,7 @@ def test_a_prompt_past_77_tokens_is_read_to_its_end(manager, tiny):
 def test_a_lora_that_does_not_fit_is_refused_and_leaves_the_pipeline_clean(manager, tiny, tmp_path):
     from safetensors.torch import save_file
 
-    from serving.studio.pipelines import GenerationError
+    from serving.studio.model_files import GenerationError
 
     module = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     wrong_shape = tmp_path / "wrong_shape.safetensors"  # as an SD 1.5 LoRA is for another width
@@ -346,7 +347,7 @@ def test_a_textual_inversion_word_calls_its_vectors(manager, tiny, tmp_path):
 
 def test_textual_inversions_that_cannot_load_are_refused_cleanly(manager, tiny, tmp_path):
     from serving.studio.generate import EmbeddingUse
-    from serving.studio.pipelines import GenerationError
+    from serving.studio.model_files import GenerationError
 
     before = pixels(run(manager, tiny, negative_prompt="blurry"))
     pickle = tmp_path / "old.pt"

@@ -17,16 +17,14 @@ pytest.importorskip("open_clip")
 from serving.studio import sd_components as sdc
 
 from testkit import tiny_sd
-from serving.studio.pipelines import (
+from serving.studio.model_files import GenerationError, inspect_checkpoint
+from serving.studio.pipelines import PipelineManager, seeded_generator
+from serving.studio.schedulers import (
     SCHEDULERS,
-    GenerationError,
-    PipelineManager,
     a1111_sampler_name,
-    inspect_checkpoint,
     make_scheduler,
     normalize_scheduler_name,
     scheduler_from_sampler,
-    seeded_generator,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,7 +128,7 @@ def test_tokenizer_guard_rejects_a_placeholder(tiny, tmp_path):
     placeholder = CLIPTokenizer()  # what an offline load that found nothing amounts to
     assert len(placeholder) == 2
     with pytest.raises(sdc.TokenizerError):
-        sdc.check_tokenizer(placeholder)
+        sdc.check_clip_tokenizer(placeholder)
     # A config folder whose tokenizer files are gone: the manager refuses before loading any checkpoint.
     broken = sdc.write_sd15_config(tmp_path / "broken", "tiny")
     for name in ("vocab.json", "merges.txt"):

@@ -24,7 +24,8 @@ from PIL import Image, ImageFilter
 
 from serving.studio.generate import GenerationResult, generate
 from serving.studio.masker import dilate, to_rgb
-from serving.studio.pipelines import EmbeddingUse, LoraUse, PipelineManager
+from serving.studio.model_files import EmbeddingUse, LoraUse
+from serving.studio.pipelines import PipelineManager
 
 MODES = ("inpaint", "img2img")
 DEFAULT_MAX_SIDE = 768
@@ -58,7 +59,8 @@ def _bool_mask(mask: Any, width: int, height: int) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"the mask must be 2-D (height x width), got shape {array.shape}")
     if array.shape != (height, width):
-        array = np.asarray(Image.fromarray(array.astype(np.uint8) * 255, "L").resize((width, height), Image.NEAREST)) > 127
+        small = Image.fromarray(array.astype(np.uint8) * 255, "L")
+        array = np.asarray(small.resize((width, height), Image.NEAREST)) > 127
     return array
 
 
@@ -106,21 +108,13 @@ def edit_image(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     rgb = to_rgb(image)
-    width, height = rgb.size
-    pw, ph = pipeline_size(width, height, max_side)
+    pw, ph = pipeline_size(rgb.width, rgb.height, max_side)
     strength = DEFAULT_STRENGTH[mode] if strength is None else float(strength)
     if int(steps * strength) < 1:  # the pipelines need at least one denoising step
         strength = min(1.0, 1.0 / max(1, int(steps)) + 1e-6)
-    region: np.ndarray | None = None
+    region = _region(mask, rgb.size, dilate_px) if mode == "inpaint" else None
     mask_image = None
-    if mode == "inpaint":
-        if mask is None:
-            raise ValueError("inpainting needs a mask")
-        region = _bool_mask(mask, width, height)
-        if dilate_px:
-            region = dilate(region, int(dilate_px))
-        if not region.any():
-            raise ValueError("the mask is empty: nothing to inpaint")
+    if region is not None:
         mask_image = Image.fromarray(region.astype(np.uint8) * 255, "L").resize((pw, ph), Image.NEAREST)
     result = generate(
         manager, checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256, loras=loras,
@@ -128,16 +122,33 @@ def edit_image(
         negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, width=pw, height=ph, scheduler=scheduler,
         model_name=model_name, init_image=rgb.resize((pw, ph), Image.LANCZOS), mask_image=mask_image,
         strength=strength)
-    generated = result.image.convert("RGB")
-    if region is not None:
-        final = composite(rgb, generated, region, feather_px)
-    else:
-        final = generated.resize((width, height), Image.LANCZOS) if generated.size != (width, height) else generated
-    result.image = final
-    result.parameters.width, result.parameters.height = width, height
+    _at_input_size(result, rgb, region, feather_px)
     result.parameters.extra = {**result.parameters.extra, "Edit mode": mode}
     result.parameters_text = result.parameters.to_text()
     result.metadata["edit"] = {
-        "mode": mode, "pipeline_size": [pw, ph], "output_size": [width, height], "strength": strength,
-        "mask_pixels": int(region.sum()) if region is not None else width * height, "feather_px": int(feather_px)}
+        "mode": mode, "pipeline_size": [pw, ph], "output_size": [rgb.width, rgb.height], "strength": strength,
+        "mask_pixels": int(region.sum()) if region is not None else rgb.width * rgb.height,
+        "feather_px": int(feather_px)}
     return EditOutcome(result=result, mask=region, pipeline_size=(pw, ph))
+
+
+def _region(mask: Any, size: tuple[int, int], dilate_px: int) -> np.ndarray:
+    """The inpainting mask as a bool array of the input's size, grown by `dilate_px`; never empty."""
+    if mask is None:
+        raise ValueError("inpainting needs a mask")
+    region = _bool_mask(mask, *size)
+    if dilate_px:
+        region = dilate(region, int(dilate_px))
+    if not region.any():
+        raise ValueError("the mask is empty: nothing to inpaint")
+    return region
+
+
+def _at_input_size(result: GenerationResult, rgb: Image.Image, region: np.ndarray | None, feather_px: int) -> None:
+    """The generated image back at the input's size: pasted through the mask (inpaint), else resized."""
+    generated = result.image.convert("RGB")
+    if region is not None:
+        result.image = composite(rgb, generated, region, feather_px)
+    else:
+        result.image = generated.resize(rgb.size, Image.LANCZOS) if generated.size != rgb.size else generated
+    result.parameters.width, result.parameters.height = rgb.size

@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from crawlers.a1111 import strip_model_tags
-from serving.studio.pipelines import (
-    EmbeddingUse,
-    LoraUse,
-    PipelineManager,
-    a1111_sampler_name,
-    file_sha256,
-    seeded_generator,
-)
+from serving.studio.model_files import EmbeddingUse, LoraUse, file_sha256
+from serving.studio.pipelines import PipelineManager, seeded_generator
 from serving.studio.png_info import GenerationParameters, autov2, lora_tag, write_png, write_sidecar
 from serving.studio.prompt_syntax import encode_prompts
+from serving.studio.schedulers import a1111_sampler_name
 
 __all__ = ["EmbeddingUse", "GenerationResult", "LoraUse", "generate", "save_png"]
 
@@ -48,6 +43,41 @@ class GenerationResult:
     seed: int
     checkpoint_cached: bool  # True when the pipeline was already warm (this request paid no checkpoint load)
     metadata: dict[str, Any] = field(default_factory=dict)  # what was used: files, hashes, weights, scheduler
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A checked request: files with their hashes, prompts without model tags, a drawn seed, the pipeline kind."""
+
+    kind: str  # txt2img, img2img or inpaint
+    checkpoint_path: Path
+    sha256: str
+    loras: list[LoraUse]
+    embeddings: list[EmbeddingUse]
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg: float
+    seed: int
+    width: int
+    height: int
+    scheduler: str
+    clip_skip: int | None
+    init_image: Any
+    mask_image: Any
+    strength: float
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What running a request gave: the image, the embeddings its prompts used, what loading cost."""
+
+    image: Any
+    embeddings: list[EmbeddingUse]
+    lora_info: dict[str, Any]
+    load_s: float
+    generate_s: float
+    total_s: float
 
 
 def _sha256_of(path: str | Path) -> str:
@@ -80,12 +110,26 @@ def generate(
     strength: float = 0.75,
 ) -> GenerationResult:
     """One image. `seed` -1 or None draws a random seed (reported in the result and the PNG parameters). The
-    prompts are read as A1111 reads them (emphasis, BREAK, any length: serving/prompt_syntax.py); `embeddings` are
-    textual inversions to load first, and, as in A1111, every embedding loaded on the pipeline answers to its name
-    (the PNG's TI hashes list the ones the prompts use); `clip_skip`
-    counts as A1111 does (1 = last CLIP layer, 2 = the one before). `scheduler` is a name of
-    `serving.studio.pipelines.SCHEDULERS` ('euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111
-    sampler string ('DPM++ 2M Karras')."""
+    prompts are read as A1111 reads them (emphasis, BREAK, any length: serving/studio/prompt_syntax.py);
+    `embeddings` are textual inversions to load first, and, as in A1111, every embedding loaded on the pipeline
+    answers to its name (the PNG's TI hashes list the ones the prompts use); `clip_skip` counts as A1111 does (1 =
+    last CLIP layer, 2 = the one before). `scheduler` is a name of `serving.studio.schedulers.SCHEDULERS` ('euler',
+    'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'ddim', 'pndm', ...) or an A1111 sampler string ('DPM++ 2M
+    Karras')."""
+    _check(steps, width, height, init_image, mask_image, strength)
+    request = _Request(
+        kind="inpaint" if mask_image is not None else "img2img" if init_image is not None else "txt2img",
+        checkpoint_path=Path(checkpoint_path), sha256=(checkpoint_sha256 or _sha256_of(checkpoint_path)).lower(),
+        loras=[lora if lora.sha256 else replace(lora, sha256=_sha256_of(lora.path)) for lora in loras],
+        embeddings=[used if used.sha256 else replace(used, sha256=_sha256_of(used.path)) for used in embeddings],
+        prompt=strip_model_tags(prompt), negative_prompt=strip_model_tags(negative_prompt), steps=int(steps),
+        cfg=float(cfg), seed=secrets.randbelow(2**32) if seed is None or int(seed) < 0 else int(seed),
+        width=int(width), height=int(height), scheduler=scheduler, clip_skip=clip_skip, init_image=init_image,
+        mask_image=mask_image, strength=float(strength))
+    return _result(request, _run(manager, request), model_name or request.checkpoint_path.stem)
+
+
+def _check(steps: int, width: int, height: int, init_image: Any, mask_image: Any, strength: float) -> None:
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if width % 8 or height % 8 or width < 8 or height < 8:
@@ -94,94 +138,88 @@ def generate(
         raise ValueError("mask_image needs init_image")
     if init_image is not None and not (0.0 < strength <= 1.0 and int(steps * strength) >= 1):
         raise ValueError(f"strength {strength} with {steps} steps leaves no denoising step (needs steps*strength >= 1)")
-    if seed is None or int(seed) < 0:
-        seed = secrets.randbelow(2**32)
-    seed = int(seed)
-    checkpoint_path = Path(checkpoint_path)
-    sha = (checkpoint_sha256 or _sha256_of(checkpoint_path)).lower()
-    loras = [lora if lora.sha256 else replace(lora, sha256=_sha256_of(lora.path)) for lora in loras]
-    embeddings = [used if used.sha256 else replace(used, sha256=_sha256_of(used.path)) for used in embeddings]
-    clean_prompt = strip_model_tags(prompt)
-    clean_negative = strip_model_tags(negative_prompt)
-    kind = "inpaint" if mask_image is not None else "img2img" if init_image is not None else "txt2img"
 
+
+def _run(manager: PipelineManager, request: _Request) -> _Run:
+    """The request on its warm pipeline (loading what it lacks), under the manager's lock."""
     started = time.perf_counter()
     with manager.lock:
-        entry, load_s = manager.get(checkpoint_path, sha)
-        lora_info = manager.set_loras(entry, loras)
-        manager.load_embeddings(entry, embeddings)
-        embeddings = manager.embeddings_in(entry, (clean_prompt, clean_negative))  # loaded earlier ones included
-        pipe = manager.variant(entry, kind)
-        pipe.scheduler = manager.scheduler(entry, scheduler)
-        call: dict[str, Any] = {
-            **encode_prompts(pipe, clean_prompt, clean_negative, clip_skip),
-            "num_inference_steps": int(steps),
-            "guidance_scale": float(cfg),
-            "generator": seeded_generator(seed),
-        }
-        if kind == "txt2img":
-            call.update(height=int(height), width=int(width))
-        else:
-            init_image = init_image.convert("RGB").resize((int(width), int(height)))
-            call.update(image=init_image, strength=float(strength))
-            if kind == "inpaint":
-                call.update(mask_image=mask_image.convert("L").resize((int(width), int(height))))
-                call.update(height=int(height), width=int(width))
+        entry, load_s = manager.get(request.checkpoint_path, request.sha256)
+        lora_info = manager.set_loras(entry, request.loras)
+        manager.load_embeddings(entry, request.embeddings)
+        used = manager.embeddings_in(entry, (request.prompt, request.negative_prompt))  # earlier ones included
+        pipe = manager.variant(entry, request.kind)
+        pipe.scheduler = manager.scheduler(entry, request.scheduler)
+        call = _call(pipe, request)
         t0 = time.perf_counter()
         image = pipe(**call).images[0]
         generate_s = time.perf_counter() - t0
-    total_s = time.perf_counter() - started
+    return _Run(image, used, lora_info, load_s, generate_s, time.perf_counter() - started)
 
-    tags = [lora_tag(lora.name, lora.weight) for lora in loras]
-    written_prompt = ", ".join([p for p in [clean_prompt] if p] + tags) if tags else clean_prompt
-    params = GenerationParameters(
-        prompt=written_prompt,
-        negative_prompt=clean_negative,
-        steps=int(steps),
-        sampler=a1111_sampler_name(scheduler),
-        cfg_scale=float(cfg),
-        seed=seed,
-        width=image.width,
-        height=image.height,
-        model_hash=autov2(sha),
-        model=model_name or checkpoint_path.stem,
-        lora_hashes={lora.name: autov2(lora.sha256) or "" for lora in loras},
-        ti_hashes={embedding.name: autov2(embedding.sha256) or "" for embedding in embeddings},
-        clip_skip=clip_skip,
-        denoising_strength=float(strength) if kind != "txt2img" else None,
-    )
-    timings = {
-        "load_s": load_s,
-        "lora_load_s": lora_info["lora_load_s"],
-        "lora_set_s": lora_info["lora_set_s"],
-        "generate_s": generate_s,
-        "total_s": total_s,
+
+def _call(pipe, request: _Request) -> dict[str, Any]:
+    """The pipeline call's arguments: encoded prompts, sampling, and the size or the init image (and mask)."""
+    call: dict[str, Any] = {
+        **encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip),
+        "num_inference_steps": request.steps,
+        "guidance_scale": request.cfg,
+        "generator": seeded_generator(request.seed),
     }
-    metadata = {
-        "kind": kind,
-        "scheduler": scheduler,
-        "checkpoint": {"path": str(checkpoint_path), "sha256": sha, "autov2": autov2(sha), "name": params.model},
+    size = (request.width, request.height)
+    if request.kind == "txt2img":
+        call.update(height=request.height, width=request.width)
+    else:
+        call.update(image=request.init_image.convert("RGB").resize(size), strength=request.strength)
+        if request.kind == "inpaint":
+            call.update(mask_image=request.mask_image.convert("L").resize(size))
+            call.update(height=request.height, width=request.width)
+    return call
+
+
+def _result(request: _Request, ran: _Run, model_name: str) -> GenerationResult:
+    tags = [lora_tag(lora.name, lora.weight) for lora in request.loras]
+    params = GenerationParameters(
+        prompt=", ".join([p for p in [request.prompt] if p] + tags) if tags else request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=request.steps,
+        sampler=a1111_sampler_name(request.scheduler),
+        cfg_scale=request.cfg,
+        seed=request.seed,
+        width=ran.image.width,
+        height=ran.image.height,
+        model_hash=autov2(request.sha256),
+        model=model_name,
+        lora_hashes={lora.name: autov2(lora.sha256) or "" for lora in request.loras},
+        ti_hashes={embedding.name: autov2(embedding.sha256) or "" for embedding in ran.embeddings},
+        clip_skip=request.clip_skip,
+        denoising_strength=request.strength if request.kind != "txt2img" else None,
+    )
+    timings = {"load_s": ran.load_s, "lora_load_s": ran.lora_info["lora_load_s"],
+               "lora_set_s": ran.lora_info["lora_set_s"], "generate_s": ran.generate_s, "total_s": ran.total_s}
+    return GenerationResult(image=ran.image, parameters_text=params.to_text(), parameters=params, timings=timings,
+                            seed=request.seed, checkpoint_cached=ran.load_s == 0.0,
+                            metadata=_metadata(request, ran, params.model))
+
+
+def _metadata(request: _Request, ran: _Run, model: str | None) -> dict[str, Any]:
+    """What the image was made with: the files (paths, hashes, weights), the scheduler, the adapters loaded now."""
+    sha = request.sha256
+    return {
+        "kind": request.kind,
+        "scheduler": request.scheduler,
+        "checkpoint": {"path": str(request.checkpoint_path), "sha256": sha, "autov2": autov2(sha), "name": model},
         "loras": [
             {"name": lora.name, "path": str(lora.path), "sha256": lora.sha256, "autov2": autov2(lora.sha256),
              "weight": lora.weight}
-            for lora in loras
+            for lora in request.loras
         ],
-        "adapters_loaded_now": lora_info["loaded"],
+        "adapters_loaded_now": ran.lora_info["loaded"],
         "embeddings": [
             {"name": embedding.name, "path": str(embedding.path), "sha256": embedding.sha256,
              "autov2": autov2(embedding.sha256)}
-            for embedding in embeddings
+            for embedding in ran.embeddings
         ],
     }
-    return GenerationResult(
-        image=image,
-        parameters_text=params.to_text(),
-        parameters=params,
-        timings=timings,
-        seed=seed,
-        checkpoint_cached=load_s == 0.0,
-        metadata=metadata,
-    )
 
 
 def save_png(result: GenerationResult, path: str | Path, sidecar: dict[str, Any] | None = None) -> Path:

@@ -38,120 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.studio.sd_components import check_tokenizer, load_clip_tokenizer
+from serving.studio.model_files import (
+    EmbeddingUse,
+    GenerationError,
+    LoraUse,
+    embedding_file_problem,
+    file_key,
+    inspect_checkpoint,
+    lora_source,
+)
+from serving.studio.schedulers import make_scheduler
+from serving.studio.sd_components import check_clip_tokenizer, load_clip_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class GenerationError(RuntimeError):
-    """A checkpoint or LoRA could not be used (wrong family, corrupt file, missing dependency)."""
-
-
-def file_key(sha256: str | None, path: str | Path) -> str:
-    """What identifies a LoRA or embedding file on a warm pipeline: its sha256, else its resolved path."""
-    return (sha256 or "").lower() or str(Path(path).resolve())
-
-
-@dataclass(frozen=True)
-class LoraUse:
-    """One LoRA file to apply at `weight`; `name` is what the prompt's `<lora:name:w>` tag and the PNG show."""
-
-    name: str
-    path: str | Path
-    sha256: str | None = None
-    weight: float = 1.0
-
-    @property
-    def key(self) -> str:
-        return file_key(self.sha256, self.path)
-
-
-@dataclass(frozen=True)
-class EmbeddingUse:
-    """A textual-inversion embedding file; `name` is the word that calls it in a prompt (A1111: the file's stem,
-    matched in any case)."""
-
-    name: str
-    path: str | Path
-    sha256: str | None = None
-
-    @property
-    def token(self) -> str:
-        return self.name.lower()
-
-    @property
-    def key(self) -> str:
-        return file_key(self.sha256, self.path)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Schedulers by name
-
-# name -> (diffusers class, config overrides, A1111 sampler name)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
-    "dpm++_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"),
-    "dpm++_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-        "DPM++ 2M Karras",
-    ),
-    "dpm++_2m_sde": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-        "DPM++ 2M SDE",
-    ),
-    "dpm++_2m_sde_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-        "DPM++ 2M SDE Karras",
-    ),
-    "ddim": ("DDIMScheduler", {}, "DDIM"),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}, "PLMS"),
-    "lms": ("LMSDiscreteScheduler", {}, "LMS"),
-    "heun": ("HeunDiscreteScheduler", {}, "Heun"),
-    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
-}
-_SAMPLER_TO_SCHEDULER = {a1111.lower(): name for name, (_, _, a1111) in SCHEDULERS.items()}
-
-
-def scheduler_names() -> list[str]:
-    return list(SCHEDULERS)
-
-
-def a1111_sampler_name(scheduler: str) -> str:
-    """The A1111 'Sampler' string of a scheduler name ('dpm++_2m_karras' -> 'DPM++ 2M Karras')."""
-    return SCHEDULERS[normalize_scheduler_name(scheduler)][2]
-
-
-def scheduler_from_sampler(sampler: str, schedule_type: str | None = None) -> str | None:
-    """The scheduler name of an A1111 sampler string (and of its separate 'Schedule type', as newer A1111 writes)."""
-    text = sampler.strip().lower()
-    if schedule_type and schedule_type.strip().lower() == "karras" and not text.endswith("karras"):
-        text += " karras"
-    return _SAMPLER_TO_SCHEDULER.get(text)
-
-
-def normalize_scheduler_name(name: str) -> str:
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
-    key = {"dpmpp_2m": "dpm++_2m", "dpmpp_2m_karras": "dpm++_2m_karras", "plms": "pndm", "euler_ancestral": "euler_a"}.get(
-        key, key
-    )
-    if key in SCHEDULERS:
-        return key
-    from_a1111 = scheduler_from_sampler(name)
-    if from_a1111:
-        return from_a1111
-    raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-
-
-def make_scheduler(name: str, base_config: dict[str, Any]):
-    """A fresh scheduler of kind `name` built on the checkpoint's own scheduler config (betas, timestep spacing)."""
-    import diffusers
-
-    cls_name, overrides, _ = SCHEDULERS[normalize_scheduler_name(name)]
-    return getattr(diffusers, cls_name).from_config(dict(base_config), **overrides)
 
 
 def seeded_generator(seed: int):
@@ -187,18 +86,6 @@ def quiet_loading() -> Iterator[None]:
             tlog.enable_progress_bar()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Files
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _present_adapters(pipe) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
@@ -208,68 +95,6 @@ def _adapter_name(lora: LoraUse) -> str:
     stem = re.sub(r"[^A-Za-z0-9_]", "_", lora.name)[:40].strip("_") or "lora"
     digest = (lora.sha256 or hashlib.sha256(lora.key.encode()).hexdigest()).lower()[:10]
     return f"{stem}_{digest}"
-
-
-def _kohya_text_encoder_workaround(path: Path) -> dict[str, Any] | None:
-    """diffusers 0.42 converts kohya text-encoder keys to its old `to_q_lora` format and then recognises that format
-    only by a `to_out_lora` key: a LoRA whose text-encoder part has no `out_proj` fails with "Could not automatically
-    infer state dict type". For such a file return its tensors plus a zero `out_proj` pair (an exact no-op);
-    otherwise None (the file is loaded as it is)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-        te_downs = [k for k in keys if k.startswith("lora_te") and k.endswith(".lora_down.weight")]
-        if not te_downs or any("_self_attn_out_proj." in k for k in te_downs):
-            return None
-        state = {k: f.get_tensor(k) for k in keys}
-    import torch
-
-    first = te_downs[0]
-    layer = re.match(r"(lora_te\d?_text_model_encoder_layers_\d+)_", first)
-    if layer is None:
-        return None
-    rank, width = state[first].shape[0], state[first].shape[1]
-    prefix = f"{layer.group(1)}_self_attn_out_proj"
-    dtype = state[first].dtype
-    state[f"{prefix}.lora_down.weight"] = torch.zeros(rank, width, dtype=dtype)
-    state[f"{prefix}.lora_up.weight"] = torch.zeros(width, rank, dtype=dtype)
-    alpha = state.get(first.replace(".lora_down.weight", ".alpha"))  # the same alpha: no per-module alpha pattern
-    state[f"{prefix}.alpha"] = alpha.clone() if alpha is not None else torch.tensor(float(rank))
-    return state
-
-
-def inspect_checkpoint(path: str | Path, *, cross_attention_dim: int | None = None) -> dict[str, Any]:
-    """Read a `.safetensors` checkpoint's header (no tensor data) and refuse what an SD 1.x config cannot load."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise GenerationError(f"{path.name}: only .safetensors checkpoints are loaded (pickled .ckpt files are not)")
-    if not path.is_file():
-        raise GenerationError(f"checkpoint file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            conv_in = "model.diffusion_model.input_blocks.0.0.weight"
-            in_channels = f.get_slice(conv_in).get_shape()[1] if conv_in in keys else None
-            attn2 = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-            context_dim = f.get_slice(attn2).get_shape()[1] if attn2 in keys else None
-    except Exception as exc:  # safetensors raises several kinds on a corrupt header
-        raise GenerationError(f"{path.name}: not a readable safetensors file ({exc})") from exc
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise GenerationError(f"{path.name}: an SDXL checkpoint; this pipeline serves SD 1.x checkpoints")
-    if "cond_stage_model.model.token_embedding.weight" in keys:
-        raise GenerationError(f"{path.name}: an SD 2.x checkpoint (OpenCLIP text encoder); SD 1.x only")
-    if in_channels is None or not any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        raise GenerationError(f"{path.name}: not an SD 1.x single-file checkpoint (UNet or CLIP text encoder missing)")
-    if in_channels != 4:
-        raise GenerationError(f"{path.name}: a {in_channels}-channel UNet (inpainting checkpoint); not supported yet")
-    if cross_attention_dim is not None and context_dim is not None and context_dim != cross_attention_dim:
-        raise GenerationError(
-            f"{path.name}: cross-attention width {context_dim} does not match the SD config ({cross_attention_dim})"
-        )
-    return {"keys": len(keys), "in_channels": in_channels, "cross_attention_dim": context_dim}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -345,22 +170,14 @@ class PipelineManager:
 
     # ---- checkpoints
 
-    def cached_keys(self) -> list[str]:
-        """Keys of the warm pipelines, least recently used first."""
-        return list(self._pipes)
-
     def is_warm(self, checkpoint_path: str | Path, sha256: str | None = None) -> bool:
-        return self._key(checkpoint_path, sha256) in self._pipes
-
-    @staticmethod
-    def _key(path: str | Path, sha256: str | None) -> str:
-        return (sha256 or "").lower() or str(Path(path).resolve())
+        return file_key(sha256, checkpoint_path) in self._pipes
 
     def get(self, checkpoint_path: str | Path, sha256: str | None = None) -> tuple[LoadedPipeline, float]:
         """The warm pipeline of this checkpoint (loading it, and evicting the LRU one, on a miss); and the load time
         this call paid (0.0 when it was warm)."""
         with self.lock:
-            key = self._key(checkpoint_path, sha256)
+            key = file_key(sha256, checkpoint_path)
             entry = self._pipes.get(key)
             if entry is not None:
                 self._pipes.move_to_end(key)
@@ -384,15 +201,6 @@ class PipelineManager:
             torch.cuda.empty_cache()
         log.info("evicted pipeline %s", key[:16])
 
-    def evict(self, checkpoint_path: str | Path, sha256: str | None = None) -> bool:
-        with self.lock:
-            key = self._key(checkpoint_path, sha256)
-            if key not in self._pipes:
-                return False
-            self._pipes.move_to_end(key, last=False)
-            self._evict_lru()
-            return True
-
     def _load(self, path: Path, key: str) -> LoadedPipeline:
         from diffusers import StableDiffusionPipeline
 
@@ -414,7 +222,7 @@ class PipelineManager:
                 )
         except Exception as exc:  # surface which file failed and why
             raise GenerationError(f"{path.name}: loading the single-file checkpoint failed: {exc}") from exc
-        check_tokenizer(pipe.tokenizer)
+        check_clip_tokenizer(pipe.tokenizer)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         load_s = time.perf_counter() - started
@@ -478,25 +286,15 @@ class PipelineManager:
     # ---- textual-inversion embeddings
 
     def embedding_problem(self, embedding: EmbeddingUse) -> str | None:
-        """Why a textual inversion cannot be loaded here, found without loading it (None: it can): not .safetensors
-        (a .pt embedding is a pickle, which can run code when read), a name CLIP already has as a word, vectors of
-        another width than this model's text encoder, an unreadable file."""
-        from safetensors import safe_open
-
+        """Why a textual inversion cannot be loaded here, found without loading it (None: it can): the file's
+        problems (`embedding_file_problem`: a pickle, unreadable, another width than this text encoder's) or a
+        name CLIP already has as a word."""
         path = Path(embedding.path)
-        if path.suffix.lower() != ".safetensors":
-            return f"only .safetensors files are loaded ({path.name} is a pickle, which can run code when read)"
         vocabulary = self.tokenizer.get_vocab()
-        if embedding.token in vocabulary or f"{embedding.token}</w>" in vocabulary:
+        known = embedding.token in vocabulary or f"{embedding.token}</w>" in vocabulary
+        if known and path.suffix.lower() == ".safetensors":
             return f"{embedding.name!r} is a word CLIP already has"
-        try:
-            with safe_open(str(path), framework="pt") as tensors:
-                shapes = [tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()]  # noqa: SIM118
-        except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file
-            return f"{path.name} could not be read: {exc}"
-        if len(shapes) != 1 or len(shapes[0]) != 2 or (self._text_width and shapes[0][1] != self._text_width):
-            return f"{path.name} holds tensors {shapes}; this model needs one (vectors, {self._text_width}) tensor"
-        return None
+        return embedding_file_problem(path, self._text_width)
 
     def load_embeddings(self, entry: LoadedPipeline, embeddings: Sequence[EmbeddingUse]) -> list[str]:
         """Make each embedding's word call it on this pipeline (and its img2img/inpaint variants, which share its
@@ -547,10 +345,7 @@ class PipelineManager:
         if not path.is_file():
             raise GenerationError(f"LoRA file not found: {path}")
         try:
-            source: Any = str(path)
-            patched = _kohya_text_encoder_workaround(path)
-            if patched is not None:
-                source = patched
+            source = lora_source(path)
             with quiet_loading():
                 entry.pipe.load_lora_weights(source, adapter_name=name)
             if name not in _present_adapters(entry.pipe):

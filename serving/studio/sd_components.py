@@ -16,7 +16,7 @@ this project never reaches at run time. `write_sd15_config(folder)` writes that 
 layout) with small widths: random weights built from it make a single-file checkpoint that goes through the very
 loader Civitai checkpoints go through. `diffusers_to_original(pipe)` produces that original (A1111/ldm) key layout.
 
-Tokenizers are guarded (`check_tokenizer`): an offline load of a missing tokenizer silently yields a 2-token
+Tokenizers are guarded (`check_clip_tokenizer`): an offline load of a missing tokenizer silently yields a 2-token
 placeholder, and prompts would then encode to nothing.
 """
 
@@ -231,7 +231,7 @@ def write_clip_tokenizer(folder: str | Path) -> Path:
     return folder
 
 
-def check_tokenizer(tokenizer: Any) -> Any:
+def check_clip_tokenizer(tokenizer: Any) -> Any:
     """Raise TokenizerError unless `tokenizer` is the full CLIP BPE (49408 tokens, BOS/EOS where CLIP has them)."""
     size = len(tokenizer)
     if size != CLIP_VOCAB_SIZE:
@@ -253,7 +253,7 @@ def load_clip_tokenizer(folder: str | Path):
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # a missing or broken folder is the same failure as a placeholder
         raise TokenizerError(f"no CLIP tokenizer could be loaded from {folder}: {exc}") from exc
-    return check_tokenizer(tokenizer)
+    return check_clip_tokenizer(tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------------------------
