@@ -35,8 +35,8 @@ def _studio_call(call) -> tuple[int, object]:
         DownloadError,
         DownloadHashMismatch,
     )
-    from serving.studio.pipelines import GenerationError
-    from serving.studio.studio import StudioError
+    from serving.studio.catalogue import StudioError
+    from serving.studio.model_files import GenerationError
 
     try:
         return EXIT_OK, call()

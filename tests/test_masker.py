@@ -16,15 +16,14 @@ from PIL import Image
 from embedding.encoders import OpenClipEncoder
 from serving.studio.masker import (
     FILL_RGB,
-    MaskerError,
     RegionMask,
     RegionMasker,
-    SamMaskProposer,
     dilate,
     ellipse_mask,
     mask_bbox,
     parse_subject,
 )
+from serving.studio.sam import MaskerError, SamMaskProposer, region_masker
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 WORD_COLOURS = {"red": RED, "blue": BLUE, "green": GREEN}
@@ -399,7 +398,7 @@ def test_sam_proposer_min_region_area_without_opencv(caplog: pytest.LogCaptureFi
     try:
         import cv2  # noqa: F401
     except ImportError:
-        with caplog.at_level(logging.WARNING, logger="serving.studio.masker"):
+        with caplog.at_level(logging.WARNING, logger="serving.studio.sam"):
             proposer = SamMaskProposer(model=_tiny_sam(), points_per_side=2, pred_iou_thresh=0.0,
                                        stability_score_thresh=0.0, min_mask_region_area=20)
         assert "opencv" in caplog.text and proposer.generator.min_mask_region_area == 0
@@ -407,6 +406,14 @@ def test_sam_proposer_min_region_area_without_opencv(caplog: pytest.LogCaptureFi
         proposer = SamMaskProposer(model=_tiny_sam(), points_per_side=2, pred_iou_thresh=0.0,
                                    stability_score_thresh=0.0, min_mask_region_area=20)
         assert proposer.generator.min_mask_region_area == 20
+
+
+def test_without_sam_weights_subjects_mask_the_whole_image(red_square: Image.Image) -> None:
+    masker, note = region_masker(None, "vit_h", "ViT-L-14", "openai")  # no CLIP is loaded without SAM
+    assert note is not None and "ZOO_SAM_CHECKPOINT" in note
+    region = masker.mask_for_subject(red_square, "the red square")
+    assert region.source == "whole-image" and region.mask.all() and region.score == 0.0
+    assert masker.mask_for_addition(red_square, "add a bird + top right").source == "placement"
 
 
 def test_real_clip_code_path_shapes(tiny_clip: OpenClipEncoder, red_square: Image.Image) -> None:

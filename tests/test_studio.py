@@ -4,10 +4,12 @@ in place of Civitai's download endpoint. Nothing is downloaded from anywhere els
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
 import typing
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from crawlers.dump import snapshot_path
 from serving.studio import sd_components as sdc
 from testkit import tiny_sd
 from serving.studio.masker import RegionMasker, dilate
-from serving.studio.pipelines import file_sha256
+from serving.studio.model_files import file_sha256
 from serving.studio.png_info import parse_parameters, read_png_parameters, sidecar_path
 from serving.studio.studio import Studio, set_default_studio
 
@@ -333,3 +335,83 @@ def test_a_textual_inversion_the_negative_prompt_names_is_fetched_and_loaded(wor
                                       seed=3)
     assert [ref["version_id"] for ref in sidecar["embeddings"]] == [929999]
     assert parse_parameters(result.parameters_text).ti_hashes == {"GrubblyNeg": file_sha256(path)[:10]}
+
+
+class CountingCalls:
+    """Mixed into the real retriever's class: counts the queries it encodes and the search levels it is asked for
+    (level 1: the checkpoints, level 2: the adapters for one)."""
+
+    calls: Counter[str]
+
+    def query_vector(self, query, image=None):
+        self.calls["encode"] += 1
+        return super().query_vector(query, image)
+
+    def search(self, query, image=None, *, top_k=10, top_checkpoints=3, **kwargs):
+        self.calls["level 1"] += int(top_checkpoints > 0)
+        self.calls["level 2"] += 1
+        return super().search(query, image, top_k=top_k, top_checkpoints=top_checkpoints, **kwargs)
+
+    def checkpoints(self, *args, **kwargs):
+        self.calls["level 1"] += 1
+        return super().checkpoints(*args, **kwargs)
+
+    def adapters(self, *args, **kwargs):
+        self.calls["level 2"] += 1
+        return super().adapters(*args, **kwargs)
+
+
+def counting(retriever):
+    """The real retriever (a shallow copy: the same models, database and index) as an instance of a thin subclass of
+    its own class that counts what it is asked."""
+    counted = copy.copy(retriever)
+    counted.__class__ = type(f"Counting{type(retriever).__name__}", (CountingCalls, type(retriever)), {})
+    counted.calls = Counter()
+    return counted
+
+
+@pytest.fixture()
+def counted(world):
+    """A studio sharing the world's warm pipeline, download cache and retriever, whose retriever counts."""
+    studio = world["studio"]
+    return Studio(studio.settings, retriever=counting(studio.retriever), manager=studio.manager,
+                  downloader=studio.downloader, masker=world["masker"])
+
+
+def _levels(studio) -> dict[str, int]:
+    calls = studio.retriever.calls
+    return {name: calls[name] for name in ("encode", "level 1", "level 2")}
+
+
+def test_a_generate_request_searches_each_level_once(counted, world):
+    result, sidecar = counted.generate(PROMPT, steps=2, width=64, height=64, seed=7)
+    assert _levels(counted) == {"encode": 1, "level 1": 1, "level 2": 1}
+    assert sidecar["retrieval"] == {"checkpoint": "retrieved by text", "adapters": "retrieved by text"}
+    assert sidecar["checkpoint"]["name"] == "Bitforge Pixel Art" and sidecar["adapters"]
+    assert sidecar["checkpoint"]["sha256"] == world["checkpoint_sha"]  # the hit's own file, as search returned it
+    same, same_sidecar = world["studio"].generate(PROMPT, steps=2, width=64, height=64, seed=7)
+    assert same_sidecar["adapters"] == sidecar["adapters"]
+    assert np.array_equal(np.asarray(same.image), np.asarray(result.image))
+
+
+def test_given_versions_leave_only_the_missing_level_to_search(counted, world):
+    checkpoint = next(v for v, t in world["versions"].items() if t == "Checkpoint")
+    lora = next(v for v, t in world["versions"].items() if t == "LORA")
+    _, sidecar = counted.generate(PROMPT, checkpoint_version_id=checkpoint, steps=2, width=64, height=64, seed=1)
+    assert _levels(counted) == {"encode": 1, "level 1": 0, "level 2": 1}
+    assert sidecar["checkpoint"]["version_id"] == checkpoint and sidecar["retrieval"]["checkpoint"] == "given"
+    counted.retriever.calls.clear()
+    _, sidecar = counted.generate(PROMPT, adapters=[(lora, 0.5)], steps=2, width=64, height=64, seed=1)
+    assert _levels(counted) == {"encode": 1, "level 1": 1, "level 2": 0}
+    assert [(a["version_id"], a["weight"]) for a in sidecar["adapters"]] == [(lora, 0.5)]
+    counted.retriever.calls.clear()
+    counted.generate(PROMPT, checkpoint_version_id=checkpoint, adapters=[(lora, 0.5)], steps=2, width=64, height=64,
+                     seed=1)
+    assert _levels(counted) == {"encode": 0, "level 1": 0, "level 2": 0}
+
+
+def test_an_edit_by_text_searches_each_level_once(counted, world):
+    path, _ = _square_image(world["root"])
+    _, sidecar = counted.edit(Image.open(path), "make it look like a watercolor painting", steps=2, seed=1)
+    assert sidecar["retrieval"] == {"style": "text", "objects": "text"}
+    assert _levels(counted) == {"encode": 1, "level 1": 1, "level 2": 1}

@@ -1,9 +1,11 @@
-"""The composer: from reranked adapters and the prompt, the final adapter set with weights and trigger words.
+"""The composer: from retrieved (or reranked) adapters and the prompt, the final adapter set with weights and
+trigger words.
 
-Rules, in the order they apply (adapters are taken best score first):
-- every adapter serves prompt keywords: the ones it names (`Adapter.keywords`, e.g. from the retriever), else the
-  ones an optional LLM mapper gives it, else the overlap between the prompt's words and its name, description and
-  trigger words; an adapter that serves no keyword is not used;
+It composes search hits (`serving.search.results.Hit`), or anything with the fields it reads (`Composable`).
+Rules, in the order they apply (adapters are taken best score first: the reranker's score when there is one):
+- every adapter serves prompt keywords: the ones the caller names for it (`keywords`, e.g. the image's style for the
+  style LoRA retrieved from an image), else the ones an optional LLM mapper gives it, else the overlap between the
+  prompt's words and its name, description and trigger words; an adapter that serves no keyword is not used;
 - one adapter per keyword, unless they agree (same kind, both scores at least `agree_score`): an adapter that
   conflicts on a keyword keeps only its other keywords;
 - at most `max_styles` style adapters, at most `max_adapters` in all;
@@ -11,6 +13,7 @@ Rules, in the order they apply (adapters are taken best score first):
   or it serves a capitalised proper noun of the prompt ("Hatsune Miku", "portrait of Ada");
 - weight = recommended weight / sqrt(k), k the most adapters sharing one of its keywords, so stacked adapters do
   not overdrive the image; trigger words are appended once.
+A stored kind the composer has no rule for ('other', 'checkpoint') composes as 'concept'.
 The result also comes as an A1111 prompt (`prompt, trigger <lora:name:0.6>`) to paste elsewhere. Deterministic.
 """
 
@@ -22,6 +25,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from typing import Protocol
+
+from embedding.description import KINDS as DESCRIBED_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -43,46 +49,55 @@ style lora model image picture art artwork masterpiece best quality high highly 
 4k 8k uhd score absurdres resolution
 """.split())
 
-KeywordMapper = Callable[[str, Sequence[str], Sequence["Adapter"]], Mapping[str, Sequence[str]]]
+
+class Composable(Protocol):
+    """What the composer reads of an adapter (a search `Hit` fits): `recommended_weight` is the card's (None: the
+    default), `score` the retrieval score and `rerank_score` the reranker's (None when not reranked)."""
+
+    @property
+    def version_id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def trigger_words(self) -> Sequence[str]: ...
+
+    @property
+    def recommended_weight(self) -> float | None: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def rerank_score(self) -> float | None: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def file_name(self) -> str | None: ...  # A1111 finds a LoRA by its file stem
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """A reranked adapter as the composer needs it; `weight` is the recommended one, `score` the reranker's."""
-
-    id: str
-    name: str
-    kind: str
-    trigger_words: tuple[str, ...] = ()
-    weight: float = DEFAULT_WEIGHT
-    score: float = 0.0
-    description: str = ""
-    keywords: tuple[str, ...] = ()
-    file_name: str = ""  # the adapter's file: A1111 finds a LoRA by its file stem
-
-    def __post_init__(self) -> None:
-        for name in ("id", "name", "kind", "description", "file_name"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"Adapter.{name} must be a str")
-        if self.kind not in KINDS:
-            raise ValueError(f"Adapter.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        for name in ("trigger_words", "keywords"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
-                raise TypeError(f"Adapter.{name} must be a sequence of str")
-            object.__setattr__(self, name, tuple(value))
-        for name in ("weight", "score"):
-            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
-                raise TypeError(f"Adapter.{name} must be a number")
+KeywordMapper = Callable[[str, Sequence[str], Sequence[Composable]], Mapping[int, Sequence[str]]]
 
 
 @dataclass(frozen=True)
 class Chosen:
-    """An adapter in the final set, the prompt keywords it serves and the weight it gets."""
+    """An adapter in the final set, the prompt keywords it serves, the weight it gets and the kind it was composed
+    as."""
 
-    adapter: Adapter
+    adapter: Composable
     weight: float
     keywords: tuple[str, ...]
+    kind: str
+
+    @property
+    def lora_name(self) -> str:
+        return lora_name(self.adapter)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,46 @@ class Composition:
     adapters: list[Chosen] = field(default_factory=list)
     prompt: str = ""
     a1111: str = ""
+
+
+def composed_kind(kind: str) -> str:
+    """The kind an adapter composes as: its own when the composer has rules for it, else 'concept'."""
+    return kind if kind in KINDS else "concept"
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(adapter: Composable) -> None:
+    """Refuse what the composer cannot read: wrong types, or a kind that no describer stores."""
+    if not isinstance(getattr(adapter, "version_id", None), int) or isinstance(adapter.version_id, bool):
+        raise TypeError(f"an adapter needs an int version_id, got {type(adapter).__name__}")
+    for name in ("name", "kind", "description"):
+        if not isinstance(getattr(adapter, name, None), str):
+            raise TypeError(f"adapter {adapter.version_id}: {name} must be a str")
+    if not isinstance(adapter.file_name, (str, type(None))):
+        raise TypeError(f"adapter {adapter.version_id}: file_name must be a str or None")
+    if adapter.kind not in DESCRIBED_KINDS:
+        raise ValueError(f"adapter {adapter.version_id}: kind must be one of {', '.join(DESCRIBED_KINDS)}, got "
+                         f"{adapter.kind!r}")
+    triggers = adapter.trigger_words
+    if isinstance(triggers, str) or not all(isinstance(item, str) for item in triggers):
+        raise TypeError(f"adapter {adapter.version_id}: trigger_words must be a sequence of str")
+    optional = (adapter.recommended_weight, adapter.rerank_score)
+    if not _number(adapter.score) or not all(value is None or _number(value) for value in optional):
+        raise TypeError(f"adapter {adapter.version_id}: score, recommended_weight and rerank_score must be numbers")
+
+
+def _score(adapter: Composable) -> float:
+    """The reranker's score when it has one, else the retrieval score."""
+    return adapter.score if adapter.rerank_score is None else adapter.rerank_score
+
+
+def _rank_score(adapter: Composable) -> float:
+    """The score adapters are taken in: non-finite ones last."""
+    score = _score(adapter)
+    return score if math.isfinite(score) else -math.inf
 
 
 def _clean(text: str, limit: int) -> str:
@@ -146,58 +201,60 @@ def _contains_phrase(prompt_lower: str, phrase: str) -> bool:
     return bool(phrase) and re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", prompt_lower) is not None
 
 
-def _overlap_keywords(adapter: Adapter, keywords: Sequence[str]) -> tuple[str, ...]:
+def _overlap_keywords(adapter: Composable, keywords: Sequence[str]) -> tuple[str, ...]:
     text = " ".join([adapter.name[:_TEXT_CHARS], adapter.description[:_TEXT_CHARS],
                      *(t[:MAX_TRIGGER_CHARS] for t in adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER * 4])])
     words = _words(text)
     return tuple(k for k in keywords if k in words)
 
 
-def _mapped_keywords(prompt: str, keywords: list[str], adapters: Sequence[Adapter],
-                     mapper: KeywordMapper | None) -> dict[str, tuple[str, ...]]:
-    """adapter id -> the prompt keywords it serves. An LLM mapper's answer is kept only where it is well formed
-    (known adapter ids, keywords of this prompt); anything it misses, or a mapper that fails, falls back to
-    word overlap."""
-    mapped: dict[str, tuple[str, ...]] = {}
+def _mapped_keywords(prompt: str, keywords: list[str], adapters: Sequence[Composable],
+                     mapper: KeywordMapper | None, given: Mapping[int, Sequence[str]]) -> dict[int, tuple[str, ...]]:
+    """version id -> the prompt keywords the adapter serves: those `given` for it, else an LLM mapper's (kept only
+    where well formed: known version ids, keywords of this prompt), else word overlap (also when the mapper
+    fails)."""
+    mapped: dict[int, tuple[str, ...]] = {}
     if mapper is not None:
         try:
             answer = mapper(prompt, list(keywords), list(adapters))
             known = set(keywords)
-            for adapter_id, served in dict(answer).items():
-                if isinstance(adapter_id, str) and not isinstance(served, str) and isinstance(served, Sequence):
-                    mapped[adapter_id] = tuple(dict.fromkeys(
+            for version_id, served in dict(answer).items():
+                if type(version_id) is int and not isinstance(served, str) and isinstance(served, Sequence):
+                    mapped[version_id] = tuple(dict.fromkeys(
                         _normalise_keyword(k) for k in served if isinstance(k, str) and _normalise_keyword(k) in known))
         except Exception:  # an LLM mapper is a convenience: the rules below do not need it
             log.warning("keyword mapper failed; using keyword overlap", exc_info=True)
             mapped = {}
     result = {}
     for adapter in adapters:
-        own = tuple(dict.fromkeys(k for k in map(_normalise_keyword, adapter.keywords) if k))
-        result[adapter.id] = own or mapped.get(adapter.id) or _overlap_keywords(adapter, keywords)
+        own = tuple(dict.fromkeys(k for k in map(_normalise_keyword, given.get(adapter.version_id, ())) if k))
+        result[adapter.version_id] = own or mapped.get(adapter.version_id) or _overlap_keywords(adapter, keywords)
     return result
 
 
-def _weight(value: float) -> float:
+def _weight(adapter: Composable) -> float:
+    """The recommended weight, kept within [MIN_WEIGHT, MAX_WEIGHT] (the default when it is missing or not usable)."""
+    value = DEFAULT_WEIGHT if adapter.recommended_weight is None else float(adapter.recommended_weight)
     return min(MAX_WEIGHT, max(MIN_WEIGHT, value)) if math.isfinite(value) and value > 0 else DEFAULT_WEIGHT
 
 
-def _agree(a: Adapter, b: Adapter, threshold: float) -> bool:
-    return a.kind == b.kind and a.score >= threshold and b.score >= threshold
+def _agree(a: Composable, b: Composable, threshold: float) -> bool:
+    return composed_kind(a.kind) == composed_kind(b.kind) and _score(a) >= threshold and _score(b) >= threshold
 
 
-def _names_character(adapter: Adapter, prompt_lower: str, nouns: set[str], served: Sequence[str]) -> bool:
+def _names_character(adapter: Composable, prompt_lower: str, nouns: set[str], served: Sequence[str]) -> bool:
     named = [adapter.name, *adapter.trigger_words[:MAX_TRIGGERS_PER_ADAPTER * 4]]
     return any(_contains_phrase(prompt_lower, text) for text in named) or any(k in nouns for k in served)
 
 
-def lora_name(adapter: Adapter) -> str:
+def lora_name(adapter: Composable) -> str:
     """The name inside `<lora:NAME:w>`: the file's stem, as A1111 looks LoRAs up by file name, else the adapter's
     name made filename-safe; never empty and never holding the tag's own ':', '<' or '>'."""
-    stem = re.sub(r"[:<>\s]+", " ", PurePath(adapter.file_name.replace("\\", "/")).stem).strip()
+    stem = re.sub(r"[:<>\s]+", " ", PurePath((adapter.file_name or "").replace("\\", "/")).stem).strip()
     if stem:
         return stem[:MAX_TRIGGER_CHARS * 2]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", adapter.name[:MAX_TRIGGER_CHARS * 2]).strip("_.-")
-    return name or "lora_" + (re.sub(r"[^A-Za-z0-9]+", "", adapter.id)[:32] or "adapter")
+    return name or f"lora_{adapter.version_id}"
 
 
 def _trigger(word: str) -> str:
@@ -213,44 +270,39 @@ def _format_weight(weight: float) -> str:
     return f"{weight:.2f}".rstrip("0").rstrip(".")
 
 
-def compose(prompt: str, adapters: Sequence[Adapter], *, max_styles: int = 2, max_adapters: int = 6,
-            agree_score: float = 0.0, mapper: KeywordMapper | None = None) -> Composition:
-    """The final adapters (best score first), the prompt with their trigger words, and its A1111 form."""
+def compose(prompt: str, adapters: Sequence[Composable], *, keywords: Mapping[int, Sequence[str]] | None = None,
+            max_styles: int = 2, max_adapters: int = 6, agree_score: float = 0.0,
+            mapper: KeywordMapper | None = None) -> Composition:
+    """The final adapters (best score first), the prompt with their trigger words, and its A1111 form. `keywords`
+    names the prompt keywords some adapters serve (version id -> keywords), over the mapper and word overlap."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     for option, value in (("max_styles", max_styles), ("max_adapters", max_adapters)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{option} must be an integer >= 0, got {value!r}")
-    if not all(isinstance(a, Adapter) for a in adapters):
-        raise TypeError("adapters must be Adapter objects")
+    for adapter in adapters:
+        _check(adapter)
     text = _clean(prompt, MAX_PROMPT_CHARS)
-    lower = text.lower()
-    keywords = prompt_keywords(text)
-    nouns = proper_nouns(text)
-    served_by = _mapped_keywords(text, keywords, adapters, mapper)
-    ranked = sorted(dict((a.id, a) for a in adapters).values(),
-                    key=lambda a: (-(a.score if math.isfinite(a.score) else -math.inf), a.id))
-
-    owners: dict[str, list[Adapter]] = {}
-    chosen: list[tuple[Adapter, tuple[str, ...]]] = []
+    lower, nouns = text.lower(), proper_nouns(text)
+    served_by = _mapped_keywords(text, prompt_keywords(text), adapters, mapper, keywords or {})
+    ranked = sorted({a.version_id: a for a in adapters}.values(), key=lambda a: (-_rank_score(a), a.version_id))
+    owners: dict[str, list[Composable]] = {}
+    chosen: list[tuple[Composable, tuple[str, ...]]] = []
     for adapter in ranked:
         if len(chosen) >= max_adapters:
             break
-        if adapter.kind == "style" and sum(a.kind == "style" for a, _ in chosen) >= max_styles:
+        kind = composed_kind(adapter.kind)
+        if kind == "style" and sum(composed_kind(a.kind) == "style" for a, _ in chosen) >= max_styles:
             continue
-        served = tuple(k for k in served_by[adapter.id]
+        served = tuple(k for k in served_by[adapter.version_id]
                        if all(_agree(adapter, other, agree_score) for other in owners.get(k, [])))
-        if not served:
-            continue
-        if adapter.kind == "character" and not _names_character(adapter, lower, nouns, served):
+        if not served or (kind == "character" and not _names_character(adapter, lower, nouns, served)):
             continue
         for keyword in served:
             owners.setdefault(keyword, []).append(adapter)
         chosen.append((adapter, served))
-
-    result = [Chosen(adapter, round(_weight(adapter.weight) / math.sqrt(max(len(owners[k]) for k in served)), 2),
-                     served) for adapter, served in chosen]
-    return render(text, result)
+    return render(text, [Chosen(adapter, round(_weight(adapter) / math.sqrt(max(len(owners[k]) for k in served)), 2),
+                                served, composed_kind(adapter.kind)) for adapter, served in chosen])
 
 
 def render(prompt: str, chosen: Sequence[Chosen]) -> Composition:

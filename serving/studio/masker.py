@@ -3,11 +3,11 @@
 The instruction parser gives a subject "<target> + <range>", e.g. "the cat + left side". Two cases:
 
 - `RegionMasker.mask_for_subject` (change / remove / restyle something that is there): a proposer (segment-anything's
-  automatic mask generator) proposes masks; masks too small or too large for an object are dropped; each survivor's
-  bounding box is cropped with a little padding, pixels outside the mask are filled with CLIP's mean colour, and the
-  crop is scored by CLIP cosine to "a photo of {target}". The range words add a spatial prior (below); the best
-  mask is dilated by `dilation_px` so the inpainting blends past the object's edge. When nothing survives, or the
-  target is empty, the whole image is masked (source 'whole-image') and a warning says why.
+  automatic mask generator, `serving.studio.sam`) proposes masks; masks too small or too large for an object are
+  dropped; each survivor's bounding box is cropped with a little padding, pixels outside the mask are filled with
+  CLIP's mean colour, and the crop is scored by CLIP cosine to "a photo of {target}". The range words add a spatial
+  prior (below); the best mask is dilated by `dilation_px` so the inpainting blends past the object's edge. When
+  nothing survives, or the target is empty, the whole image is masked (source 'whole-image') and a warning says why.
 - `RegionMasker.mask_for_addition` (add an object that is not there yet): nothing to segment, so a box is placed
   where the range words point and where the proposer found no object, and an ellipse inscribed in it is returned.
 
@@ -27,7 +27,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,11 +38,6 @@ logger = logging.getLogger(__name__)
 SOURCES = ("sam+clip", "placement", "whole-image")
 # Outside-the-mask pixels are painted CLIP's normalisation mean, so they are ~0 after CLIP's preprocessing.
 FILL_RGB = (122, 116, 104)
-SAM_CHECKPOINT_URLS = {
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-}
 # Range vocabulary: the word a user (or the parser) writes -> the direction it means.
 RANGE_WORDS = {
     "left": "left", "leftmost": "left",
@@ -55,11 +49,6 @@ RANGE_WORDS = {
     "foreground": "foreground", "front": "foreground",
 }
 _WORD = re.compile(r"[a-z]+")
-_MIN_SAM_SIDE = 8  # below this there is nothing for SAM to separate; the masker falls back to the whole image
-
-
-class MaskerError(RuntimeError):
-    """The masker cannot be built as asked; the message says what is missing and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -387,94 +376,20 @@ class RegionMasker:
         return RegionMask(mask=ellipse_mask(h, w, box), score=float(score), source="placement", bbox=box)
 
 
-# --- segment-anything proposer --------------------------------------------------------------------------------------
-
-class SamMaskProposer:
-    """segment-anything's automatic mask generator (a grid of point prompts, filtered and de-duplicated).
-
-    Give either `checkpoint`, a SAM weights file the user downloaded (ViT-H by default, `model_type` to match; see
-    SAM_CHECKPOINT_URLS), or `model`, a built `Sam` (tests use a tiny random one). Nothing is ever downloaded here.
-    Images larger than `max_side` are shrunk for SAM (it works at 1024 anyway) and the masks scaled back; images
-    smaller than 8 px give no proposals. `min_mask_region_area` > 0 needs opencv; without it the option is off.
-    """
-
-    def __init__(
-        self,
-        checkpoint: str | Path | None = None,
-        *,
-        model: Any = None,
-        model_type: str = "vit_h",
-        device: str | None = None,
-        points_per_side: int = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        min_mask_region_area: int = 0,
-        max_side: int | None = 1024,
-    ) -> None:
-        try:
-            from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-        except ImportError as exc:
-            raise MaskerError("SamMaskProposer needs segment-anything: pip install 'zoo[models]'") from exc
-        if (checkpoint is None) == (model is None):
-            raise ValueError("give exactly one of checkpoint (a SAM weights file) or model (a built Sam)")
-        if max_side is not None and max_side < _MIN_SAM_SIDE:
-            raise ValueError(f"max_side must be None or >= {_MIN_SAM_SIDE}, got {max_side!r}")
-        if model is None:
-            if model_type not in sam_model_registry:
-                raise ValueError(f"model_type must be one of {sorted(sam_model_registry)}, got {model_type!r}")
-            path = Path(checkpoint).expanduser()
-            if not path.is_file():
-                url = SAM_CHECKPOINT_URLS.get(model_type, SAM_CHECKPOINT_URLS["vit_h"])
-                raise MaskerError(f"no SAM checkpoint at {path}; download the {model_type} weights once "
-                                  f"({url}) and pass that file")
-            try:  # read the file before building the model: a bad file fails fast, not after a ViT-H init
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                model = sam_model_registry[model_type](checkpoint=None)
-                model.load_state_dict(state)
-            except Exception as exc:  # noqa: BLE001 - unpickling and shape errors alike
-                raise MaskerError(f"cannot load {path} as a SAM {model_type} checkpoint: {exc}") from exc
-        if device is not None:
-            model = model.to(device)
-        elif checkpoint is not None:
-            from embedding.encoders import default_device
-
-            model = model.to(default_device())
-        self.model = model.eval()
-        if min_mask_region_area > 0:
-            try:
-                import cv2  # noqa: F401
-            except ImportError:
-                logger.warning("min_mask_region_area needs opencv (cv2), which is not installed; turning it off")
-                min_mask_region_area = 0
-        self.max_side = max_side
-        self.generator = SamAutomaticMaskGenerator(
-            self.model,
-            points_per_side=points_per_side,
-            points_per_batch=points_per_batch,
-            pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_score_thresh,
-            min_mask_region_area=min_mask_region_area,
-            output_mode="binary_mask",
-        )
+class NoProposals:
+    """A proposer that proposes nothing (no SAM weights): subjects then mask the whole image, additions a placed
+    box."""
 
     def propose(self, image: Image.Image) -> list[np.ndarray]:
-        """Bool HxW masks at the image's size, best first (SAM's predicted IoU x stability)."""
-        rgb = to_rgb(image)
-        w, h = rgb.size
-        if min(w, h) < _MIN_SAM_SIDE:
-            return []
-        work = rgb
-        if self.max_side is not None and max(w, h) > self.max_side:
-            scale = self.max_side / max(w, h)
-            work = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
-        records = self.generator.generate(np.asarray(work))
-        records.sort(key=lambda r: -float(r.get("predicted_iou", 0.0)) * float(r.get("stability_score", 0.0)))
-        masks = []
-        for record in records:
-            mask = np.asarray(record["segmentation"], dtype=bool)
-            if work is not rgb:
-                mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(
-                    (w, h), Image.Resampling.NEAREST)) > 127
-            masks.append(mask)
-        return masks
+        return []
+
+
+class NoClip:
+    """Stands in for CLIP when there are no proposals to score: the masker then only scores the whole image
+    (always 0)."""
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        return np.ones((len(texts), 1), dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.zeros((len(images), 1), dtype=np.float32)
