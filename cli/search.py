@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cli.output import EXIT_OK, EXIT_USAGE, err, out, print_json, table, usage_error
+from cli.output import EXIT_OK, err, out, print_json, table, usage_error
 from config import Settings
 from serving.search import Filters, SearchResult
 

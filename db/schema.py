@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     Text,
     func,
 )
@@ -317,3 +318,32 @@ class LexicalCorpus(Base):
     role: Mapped[str] = mapped_column(Text, primary_key=True)
     documents: Mapped[int] = mapped_column(Integer, nullable=False)
     average_length: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class SearchIndexGeneration(Base):
+    """One build of a space's in-memory search index (written by the retrieval_index asset): serving processes
+    load the newest generation and reload when a newer one appears (NOTIFY zoo_search_index)."""
+
+    __tablename__ = "search_index_generations"
+    space: Mapped[str] = mapped_column(Text, primary_key=True, comment="the embedding space the index serves")
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, comment="increases with every build")
+    built_at: Mapped[datetime] = _now()
+    versions: Mapped[int] = mapped_column(Integer, nullable=False, comment="served versions the index holds")
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, comment="size of its stored parts")
+    manifest: Mapped[dict] = mapped_column(JSONB, nullable=False,
+                                           comment="the arrays (name, dtype, shape) and settings the parts hold")
+
+
+class SearchIndexPart(Base):
+    """The bytes of one array of a search-index generation, in chunks (a bytea value holds at most 1 GB)."""
+
+    __tablename__ = "search_index_parts"
+    space: Mapped[str] = mapped_column(Text, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    part: Mapped[str] = mapped_column(Text, primary_key=True, comment="the array's name in the manifest")
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, comment="0, 1, ...: concatenated in order")
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+    __table_args__ = (ForeignKeyConstraint(["space", "generation"], ["search_index_generations.space",
+                                                                     "search_index_generations.generation"],
+                                           ondelete="CASCADE"),)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import orjson
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
+from crawlers.a1111 import MODEL_TAG
 from db.cards import served_cards
+from db.descriptions import DescriberKey, preferred_description_rows
 from db.lexicon import fill_lexemes, versions_without_lexemes
 from db.vectors import stored_input_shas, upsert_descriptions, upsert_embeddings
 from embedding.describers import AdapterCard, CardTextDescriber, Describer, Description
@@ -26,7 +27,6 @@ from embedding.encoders import ImageEncoder, TextEncoder, embed_card_vectors
 log = logging.getLogger(__name__)
 FALLBACK_DESCRIBER = {"fallback": CardTextDescriber.name, "fallback_version": CardTextDescriber.prompt_version}
 EXAMPLE_PROMPTS_EMBEDDED = 6
-_LORA_TAG = re.compile(r"<(?:lora|lyco|hypernet):[^>]*>", re.IGNORECASE)
 
 
 def _sha(payload: object) -> str:
@@ -87,7 +87,7 @@ def describe_pending(engine: Engine, describer: Describer, shard: int = 0, shard
 def embedding_text(card: AdapterCard, description: Description) -> str:
     """What the text half encodes: the description, trigger words and the adapter's own example prompts
     (the strongest evidence of what it is for; lora tags removed so the name does not leak into prompts)."""
-    prompts = [_LORA_TAG.sub("", p).strip() for p in card.example_prompts[:EXAMPLE_PROMPTS_EMBEDDED]]
+    prompts = [MODEL_TAG.sub("", p).strip() for p in card.example_prompts[:EXAMPLE_PROMPTS_EMBEDDED]]
     parts = [f"{card.model_name}.", description.text]
     if description.trigger_words:
         parts.append("Trigger words: " + ", ".join(description.trigger_words) + ".")
@@ -97,18 +97,18 @@ def embedding_text(card: AdapterCard, description: Description) -> str:
     return " ".join(parts)
 
 
-def preferred_descriptions(conn: Connection, describer: str, prompt_version: str) -> dict[int, Description]:
-    """version_id -> the stored description of this describer, else the card-text one: a card the model backend
-    failed on is stored under the card-text describer, and is used until the backend succeeds."""
-    rows = conn.execute(text(
-        "SELECT DISTINCT ON (version_id) version_id, text, kind, trigger_words, recommended_weight, describer, "
-        "prompt_version FROM descriptions "
-        "WHERE (describer, prompt_version) IN ((:d, :p), (:fallback, :fallback_version)) "
-        "ORDER BY version_id, describer = :d DESC"),
-        {"d": describer, "p": prompt_version, **FALLBACK_DESCRIBER})
-    return {row.version_id: Description(text=row.text, kind=row.kind, trigger_words=tuple(row.trigger_words),
-                                        recommended_weight=row.recommended_weight, describer=row.describer,
-                                        prompt_version=row.prompt_version) for row in rows}
+def describer_key(describer: Describer) -> DescriberKey:
+    """Whose stored descriptions a describer's users read: its own, else the card-text fallback stored for cards
+    its backend failed on."""
+    return DescriberKey(describer.name, describer.prompt_version, **FALLBACK_DESCRIBER)
+
+
+def preferred_descriptions(conn: Connection, key: DescriberKey) -> dict[int, Description]:
+    """version_id -> the stored description that wins under `key` (db/descriptions.py's rule)."""
+    return {version_id: Description(text=row["text"], kind=row["kind"], trigger_words=tuple(row["trigger_words"]),
+                                    recommended_weight=row["recommended_weight"], describer=row["describer"],
+                                    prompt_version=row["prompt_version"])
+            for version_id, row in preferred_description_rows(conn, key).items()}
 
 
 def space_name(text_encoder: TextEncoder, image_encoder: ImageEncoder | None) -> str:
@@ -147,7 +147,7 @@ def embed_pending(engine: Engine, describer: Describer, text_encoder: TextEncode
     counts = EmbedCounts()
     with engine.connect() as conn:
         cards = {row["version_id"]: card_from_row(row) for row in served_cards(conn, shard, shards)}
-        descriptions = preferred_descriptions(conn, describer.name, describer.prompt_version)
+        descriptions = preferred_descriptions(conn, describer_key(describer))
         stored = stored_input_shas(conn, "embeddings", "space", space)
         wordless = versions_without_lexemes(conn, space)
     counts.served = len(cards)

@@ -15,7 +15,8 @@ from sqlalchemy import text
 
 from db.lexicon import rebuild_lexicon
 from db.vectors import delete_unserved, ensure_hnsw_indexes, sync_families
-from embedding.refresh import describe_pending, embed_pending, space_dimension, space_name
+from embedding.refresh import describe_pending, describer_key, embed_pending, space_dimension, space_name
+from embedding.search_index import build_search_index, store_search_index
 from orchestration.assets import adapter_checkpoint_links
 from orchestration.metadata import AssetReport
 from orchestration.models import ModelsResource
@@ -61,7 +62,8 @@ def sharded_assets(shards: int) -> list[AssetsDefinition]:
 
 @asset(group_name=RETRIEVAL_GROUP, kinds={"postgres"}, automation_condition=FOLLOW_UPSTREAM,
        deps=["zoo_embeddings"],  # every shard of it
-       description="Per-space partial HNSW indexes and word statistics (BM25); vectors and descriptions of "
+       description="The in-memory search index of the served versions (a new generation serving processes load), "
+                   "per-space partial HNSW indexes and word statistics for SQL users; vectors and descriptions of "
                    "no-longer-served versions removed.")
 def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
                     models: ModelsResource) -> MaterializeResult:
@@ -76,4 +78,7 @@ def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
     with engine.begin() as conn:
         report.add(lexicon_words=rebuild_lexicon(conn, space), vectors=conn.execute(
             text("SELECT count(*) FROM embeddings WHERE space = :s"), {"s": space}).scalar_one())
+    with engine.begin() as conn:  # the generation, its parts and its notification commit together
+        index = build_search_index(conn, space, dimension, describer_key(models.load_describer()))
+        report.add(search_index_generation=store_search_index(conn, index), search_index_versions=len(index))
     return report.result()

@@ -139,7 +139,7 @@ def test_filters(retriever: Retriever) -> None:
     assert retriever.search(prompt, filters=Filters(types=("TextualInversion",))).adapters == []
     selling = retriever.search(prompt, top_k=20, filters=Filters(commercial_use="Sell"))
     assert selling.adapters and all("Sell" in hit.name or True for hit in selling.adapters)
-    with retriever.engine.connect() as conn:
+    with retriever.db.connect() as conn:
         allowed = set(conn.execute(text(
             "SELECT version_id FROM served_model_versions WHERE 'Sell' = ANY(allow_commercial_use)")).scalars())
     assert {hit.version_id for hit in selling.adapters + selling.checkpoints} <= allowed

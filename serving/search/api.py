@@ -21,20 +21,20 @@ from config import Settings
 from db.engine import get_engine
 from db.migrate import ensure_migrated
 from embedding.presets import ModelChoice, build_describer, build_encoders
+from embedding.refresh import describer_key
 from serving.search.results import Hit
-from serving.search.retrieval import Retriever
+from serving.search.retriever import Retriever
 
 MAX_QUERY_IMAGE_PIXELS = 40_000_000
 
 
-def open_retriever(settings: Settings) -> Retriever:
-    """A retriever in the preset's embedding space (models loaded once; reuse it for many queries)."""
+def open_retriever(settings: Settings, *, watch: bool = False) -> Retriever:
+    """A retriever in the preset's embedding space: encoders loaded once, the newest search-index generation loaded
+    on first use. `watch` keeps it on the newest generation from a background thread (long-lived processes)."""
     choice = ModelChoice.from_settings(settings)
-    describer = build_describer(choice)
     text_encoder, image_encoder = build_encoders(choice)
-    engine = ensure_migrated(get_engine(settings))
-    return Retriever(engine, text_encoder, image_encoder, describer=describer.name,
-                     prompt_version=describer.prompt_version, ef_search=settings.hnsw_ef_search)
+    db = ensure_migrated(get_engine(settings))
+    return Retriever(db, text_encoder, image_encoder, describer=describer_key(build_describer(choice)), watch=watch)
 
 
 def open_reranker(settings: Settings) -> tuple:

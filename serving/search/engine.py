@@ -1,0 +1,284 @@
+"""The two-level search, answered in memory from a loaded SearchIndex (embedding/search_index.py).
+
+Each level gathers a candidate pool and scores it. The pool: the rows nearest the query vector (level 1 among
+checkpoints; level 2 among the chosen checkpoint's family's adapters), the most downloaded versions (of the family),
+the versions whose texts hold the query's rarest words and, at level 2, the adapters most used with the chosen
+checkpoint. The score: similarity + popularity (log downloads) + co-usage with the chosen checkpoint (log images; a
+boost, never a filter) + BM25 of the query's words relative to the pool's best. Semantic similarity alone finds
+few right answers on real data (bench/retrieval_quality.py); downloads are the strongest single signal; the prompt's
+literal words find what popularity cannot (characters, objects, named styles). The only hard restriction besides
+the user's filters is the base-model family at level 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from crawlers.a1111 import plain_text
+from embedding.search_index import SearchIndex
+from serving.search.nearest import NearestNeighbours
+from serving.search.results import Filters, Hit
+from serving.search.words import query_terms
+
+BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults (the benchmark's baseline)
+RARE_TERMS = 8  # the query's rarest words pick the lexical candidates
+RARE_SHARE = 0.05  # a word in more than this share of a role's texts picks none (BM25 still counts it)
+POPULAR_DOWNLOADS = 1_000_000.0  # popularity reaches 1 at this many downloads (log scale)
+CO_USED_IMAGES = 50.0  # co-usage reaches 1 at this many images made with the chosen checkpoint (log scale)
+_HIT_FIELDS = {f.name for f in fields(Hit)}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How evidence combines: score = similarity + popularity * log-downloads + co_usage * log-images
+    + lexical * relative BM25."""
+
+    text: float = 1.0
+    image: float = 1.0
+    # From bench/retrieval_quality.py's 2023-dump queries (lite preset): usage evidence and the prompt's words
+    # outweigh MiniLM similarity there. The dev-half grid's best popularity weights (4.0 and 8.0) let popularity
+    # override what a prompt asks for ("realistic" -> a pixel-art checkpoint, tests/test_retrieval.py) and lose
+    # most "content" answers on the test half; half of each keeps them (README, Benchmarks).
+    checkpoint_popularity: float = 2.0
+    adapter_popularity: float = 4.0
+    co_usage: float = 2.0
+    # BM25 of the query's words in the embedded text, divided by the pool's best: what a prompt names literally.
+    checkpoint_lexical: float = 1.0
+    adapter_lexical: float = 1.0
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    """How many candidates each source adds to a level's pool."""
+
+    similar: int = 100  # level 1 (and level 2 without a checkpoint): nearest rows
+    family_similar: int = 40  # level 2: nearest adapters of the family (at least twice the answers asked for)
+    popular: int = 50
+    co_used: int = 50
+    lexical: int = 50
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The query's words as one role's corpus knows them: term ids, the word typed, how often, IDF."""
+
+    ids: np.ndarray
+    words: list[str]
+    counts: np.ndarray
+    documents: np.ndarray
+    idf: np.ndarray
+
+
+class SearchEngine:
+    """Answers both levels from one SearchIndex; immutable once built, so any number of threads may query it."""
+
+    def __init__(self, index: SearchIndex, weights: Weights = Weights(), pools: PoolSizes = PoolSizes(),
+                 nearest: NearestNeighbours | None = None) -> None:
+        """`weights` are the default; a query may pass its own."""
+        self.index, self.weights, self.pools = index, weights, pools
+        self.nearest = nearest or NearestNeighbours(index)
+        arrays = index.arrays
+        self._popularity = np.minimum(1.0, np.log1p(arrays["downloads"]) / math.log(POPULAR_DOWNLOADS))
+        posting_role = arrays["role"][arrays["posting_rows"]]
+        starts = arrays["term_start"]
+        self._documents = {role: _segment_sums(posting_role == code, starts)
+                           for code, role in enumerate(("checkpoint", "adapter"))}
+        self._corpus = {}
+        for role in ("checkpoint", "adapter"):
+            lengths = arrays["lexical_length"][index.segment(role)]
+            self._corpus[role] = (len(lengths), float(lengths.mean()) if len(lengths) else 0.0)
+        self._popular: dict[tuple[str, str | None], np.ndarray] = {}
+
+    # ---- the two levels ---------------------------------------------------------------------------------------
+
+    def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters(), words: str | None = None,
+                    weights: Weights | None = None) -> list[Hit]:
+        """Level 1: the best checkpoints by similarity, popularity and the query's words."""
+        weights = weights or self.weights
+        segment = self.index.segment("checkpoint")
+        terms = self._terms(words, "checkpoint")
+        pool = _union(self.nearest.top(segment, q, self.pools.similar), self.popular("checkpoint"),
+                      self._rare_candidates(terms, segment, "checkpoint"))
+        pool = pool[self._passes(pool, Filters(filters.base_models, (), filters.commercial_use,
+                                                filters.min_downloads))]
+        similarity = self._similarity(pool, q)
+        lexical = self._relative_bm25(pool, terms, "checkpoint")
+        scores = (similarity + weights.checkpoint_popularity * self._popularity[pool]
+                  + weights.checkpoint_lexical * lexical)
+        return [self._hit(row, score, sim, lex, 0, terms, None)
+                for row, score, sim, lex in _best(pool, scores, similarity, lexical, top_k, self.index)]
+
+    def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
+                 words: str | None = None, weights: Weights | None = None) -> list[Hit]:
+        """Level 2: adapters of the checkpoint's family, boosted by co-usage with it (any family without one)."""
+        weights = weights or self.weights
+        family = checkpoint.base_model_family if checkpoint is not None else None
+        segment = self.index.segment("adapter", family)
+        terms = self._terms(words, "adapter")
+        similar = (self.nearest.top(segment, q, max(self.pools.family_similar, 2 * top_k)) if checkpoint
+                   else self.nearest.top(segment, q, self.pools.similar))
+        images: dict[int, int] = {}
+        co_used = np.zeros(0, dtype=np.int64)
+        if checkpoint is not None:
+            adapters, counts = self.index.co_used(checkpoint.version_id)
+            images = dict(zip(adapters.tolist(), counts.tolist(), strict=True))
+            co_used = self._rows_of(adapters[: self.pools.co_used], "adapter")
+        pool = _union(similar, self.popular("adapter", family), co_used,
+                      self._rare_candidates(terms, segment, "adapter"))
+        keep = self._passes(pool, filters) & (self.index.arrays["model_type"][pool]
+                                              != self.index.code("model_type", "Checkpoint"))
+        if family is not None:
+            keep &= self.index.arrays["family"][pool] == self.index.code("family", family)
+        pool = pool[keep]
+        similarity = self._similarity(pool, q)
+        lexical = self._relative_bm25(pool, terms, "adapter")
+        co_images = np.array([images.get(int(v), 0) for v in self.index.version_ids[pool]], dtype=np.float64)
+        co_usage = np.minimum(1.0, np.log1p(co_images) / math.log(CO_USED_IMAGES))
+        scores = (similarity + weights.adapter_popularity * self._popularity[pool]
+                  + weights.co_usage * co_usage + weights.adapter_lexical * lexical)
+        by_row = dict(zip(pool.tolist(), co_images.astype(int).tolist(), strict=True))
+        return [self._hit(row, score, sim, lex, by_row[row], terms, checkpoint)
+                for row, score, sim, lex in _best(pool, scores, similarity, lexical, top_k, self.index)]
+
+    # ---- candidate sources ------------------------------------------------------------------------------------
+
+    def popular(self, role: str, family: str | None = None) -> np.ndarray:
+        """The most downloaded rows of a role (and family): candidates whatever their similarity, because usage is
+        the strongest evidence on real data and a walk by similarity alone rarely reaches them."""
+        key = (role, family)
+        if key not in self._popular:
+            segment = self.index.segment(role, family)
+            rows = np.arange(segment.start, segment.stop)
+            order = np.lexsort((self.index.version_ids[rows], -self.index.arrays["downloads"][rows]))
+            self._popular[key] = rows[order[: self.pools.popular]]
+        return self._popular[key]
+
+    def _rare_candidates(self, terms: _Terms, segment: slice, role: str) -> np.ndarray:
+        """Rows of `segment` holding the query's rarest words (up to RARE_TERMS words each in at most RARE_SHARE
+        of the role's texts), best first by the IDF they match."""
+        if not len(terms.ids) or segment.start == segment.stop:
+            return np.zeros(0, dtype=np.int64)
+        corpus = self._corpus[role][0]
+        rare = [i for i in sorted(range(len(terms.ids)), key=lambda i: (terms.documents[i], self._lexeme(terms, i)))
+                if terms.documents[i] <= RARE_SHARE * corpus][:RARE_TERMS]
+        found: dict[int, float] = {}
+        for i in rare:
+            rows, _ = self.index.postings(int(terms.ids[i]))
+            rows = rows[(rows >= segment.start) & (rows < segment.stop)]
+            for row in rows.tolist():
+                found[row] = found.get(row, 0.0) + float(terms.idf[i])
+        best = sorted(found, key=lambda row: (-found[row], int(self.index.version_ids[row])))
+        return np.asarray(best[: self.pools.lexical], dtype=np.int64)
+
+    def _rows_of(self, version_ids: np.ndarray, role: str) -> np.ndarray:
+        """The rows of the given versions that the index holds in `role`."""
+        segment = self.index.segment(role)
+        rows = [self.index.row_of.get(int(v), -1) for v in version_ids.tolist()]
+        return np.asarray([r for r in rows if segment.start <= r < segment.stop], dtype=np.int64)
+
+    # ---- features ---------------------------------------------------------------------------------------------
+
+    def _passes(self, rows: np.ndarray, filters: Filters) -> np.ndarray:
+        arrays, keep = self.index.arrays, np.ones(len(rows), dtype=bool)
+        if filters.base_models:
+            codes = [self.index.code("base_model", name) for name in filters.base_models]
+            keep &= np.isin(arrays["base_model"][rows], codes)
+        if filters.types:
+            keep &= np.isin(arrays["model_type"][rows], [self.index.code("model_type", t) for t in filters.types])
+        if filters.commercial_use:
+            bit = self.index.code("licence", filters.commercial_use)
+            keep &= (arrays["licence"][rows] & (1 << bit)) != 0 if bit >= 0 else False
+        if filters.min_downloads:
+            keep &= arrays["downloads"][rows] >= filters.min_downloads
+        return keep
+
+    def _similarity(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return (self.index.vectors[rows] @ np.asarray(q, dtype=np.float32)).astype(np.float64)
+
+    def _terms(self, words: str | None, role: str) -> _Terms:
+        """The query's words (A1111 syntax removed, stemmed as the stored texts were) that the role's texts hold,
+        with BM25's IDF (Lucene's, never negative); each lexeme keeps the first-sorting word it came from."""
+        found: dict[int, list] = {}
+        for lexeme, word in query_terms(plain_text(words or "")):
+            term = self.index.term_of.get(lexeme)
+            if term is None or not self._documents[role][term]:
+                continue
+            entry = found.setdefault(term, [word, 0])
+            entry[0], entry[1] = min(entry[0], word), entry[1] + 1
+        ids = np.array(sorted(found), dtype=np.int64)
+        documents = self._documents[role][ids].astype(np.float64) if len(ids) else np.zeros(0)
+        corpus = self._corpus[role][0]
+        return _Terms(ids, [found[int(t)][0] for t in ids], np.array([found[int(t)][1] for t in ids], dtype=float),
+                      documents, np.log1p((corpus - documents + 0.5) / (documents + 0.5)))
+
+    def _lexeme(self, terms: _Terms, i: int) -> str:
+        return self.index.lexemes[int(terms.ids[i])]
+
+    def _tf(self, term: int, rows: np.ndarray) -> np.ndarray:
+        """How often `term` occurs in each of `rows` (0 where it does not)."""
+        posting_rows, frequencies = self.index.postings(term)
+        if not len(posting_rows):
+            return np.zeros(len(rows))
+        at = np.minimum(np.searchsorted(posting_rows, rows), len(posting_rows) - 1)
+        return np.where(posting_rows[at] == rows, frequencies[at], 0).astype(np.float64)
+
+    def _relative_bm25(self, rows: np.ndarray, terms: _Terms, role: str) -> np.ndarray:
+        """BM25 of the query's words in each row's text, divided by the best of `rows` (0 when none matches)."""
+        scores = self._bm25(rows, terms, role)
+        best = scores.max() if len(scores) else 0.0
+        return scores / best if best > 0 else scores
+
+    def _bm25(self, rows: np.ndarray, terms: _Terms, role: str) -> np.ndarray:
+        """BM25 (Okapi, Lucene's IDF) of the query's words in each row's text, with the role's statistics."""
+        scores = np.zeros(len(rows))
+        if not len(terms.ids) or not len(rows):
+            return scores
+        average = max(self._corpus[role][1], 1.0)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * self.index.arrays["lexical_length"][rows] / average)
+        for i, term in enumerate(terms.ids.tolist()):
+            tf = self._tf(term, rows)
+            scores += terms.idf[i] * terms.counts[i] * tf * (BM25_K1 + 1) / (tf + norm)
+        return scores
+
+    # ---- hits -------------------------------------------------------------------------------------------------
+
+    def _hit(self, row: int, score: float, similarity: float, lexical: float, co_images: int, terms: _Terms,
+             checkpoint: Hit | None) -> Hit:
+        index, details = self.index, self.index.details
+        matched = [i for i in range(len(terms.ids)) if self._tf(int(terms.ids[i]), np.array([row]))[0] > 0]
+        words = [terms.words[i] for i in sorted(matched, key=lambda i: (-terms.idf[i], terms.words[i]))]
+        downloads = int(index.arrays["downloads"][row])
+        why = [f"similarity {similarity:.3f}", f"{downloads:,} downloads"]
+        if words:
+            why.append("words: " + ", ".join(words))
+        if checkpoint is not None:
+            why.append(f"{co_images} images with {checkpoint.name}" if co_images
+                       else f"compatible with {checkpoint.base_model_family}")
+        values = {name: details[name][row] for name in details}
+        values.update(model_id=int(index.arrays["model_id"][row]), version_id=int(index.version_ids[row]),
+                      score=round(float(score), 6), similarity=round(float(similarity), 6), downloads=downloads,
+                      co_usage_images=int(co_images), trigger_words=list(values["trigger_words"]),
+                      why="; ".join(why), lexical=round(float(lexical), 6), matched_words=words)
+        return Hit(**{name: value for name, value in values.items() if name in _HIT_FIELDS})
+
+
+def _segment_sums(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per term (CSR `starts`), how many of its postings have `flags` set."""
+    cumulative = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return cumulative[starts[1:]] - cumulative[starts[:-1]]
+
+
+def _union(*sources: np.ndarray) -> np.ndarray:
+    """The distinct rows of all sources."""
+    arrays = [np.asarray(source, dtype=np.int64) for source in sources if len(source)]
+    return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, dtype=np.int64)
+
+
+def _best(pool: np.ndarray, scores: np.ndarray, similarity: np.ndarray, lexical: np.ndarray, k: int,
+          index: SearchIndex) -> list[tuple[int, float, float, float]]:
+    """The k best rows as (row, score, similarity, lexical): score descending, then version id ascending."""
+    order = np.lexsort((index.version_ids[pool], -scores))[:k]
+    return [(int(pool[i]), float(scores[i]), float(similarity[i]), float(lexical[i])) for i in order]

@@ -1,0 +1,168 @@
+"""The in-memory search engine on the shipped snapshot's zoo: its index holds what Postgres holds (word statistics,
+BM25, vectors), generations are stored and loaded, and a long-lived retriever swaps to a new generation while
+queries run, without a failed query."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from config import Settings
+from crawlers.dump import snapshot_path
+from db.search_index_store import current_generation
+from embedding.search_index import build_search_index, load_search_index, store_search_index
+from orchestration.run import refresh_zoo
+from serving.search import open_retriever
+from serving.search.engine import BM25_B, BM25_K1
+
+PROMPTS = ["pixel art castle on a hill", "a scientist wearing brass steampunk goggles", "linocut print of a fox",
+           "(masterpiece:1.2), anime girl in a knitted winter sweater <lora:knit:0.7>"]
+
+
+@pytest.fixture(scope="module")
+def zoo_settings(settings: Settings) -> Settings:
+    outcome = refresh_zoo(settings, dump_path=str(snapshot_path()), workers=1)
+    assert outcome.success, outcome.failures()
+    return settings
+
+
+@pytest.fixture(scope="module")
+def retriever(zoo_settings: Settings):
+    return open_retriever(zoo_settings)
+
+
+def test_the_refresh_stores_a_generation_that_loads_as_built(retriever, engine) -> None:
+    with engine.connect() as conn:
+        generation = current_generation(conn, retriever.space)
+        built = build_search_index(conn, retriever.space, retriever.dimension, retriever.describer_key)
+    loaded = load_search_index(engine, retriever.space)
+    assert generation is not None and loaded.generation == generation
+    assert len(loaded) == len(built) == conn_count(engine, retriever.space)
+    for name, array in built.arrays.items():
+        assert np.array_equal(loaded.arrays[name], array), name
+    assert loaded.details == built.details and loaded.lexemes == built.lexemes
+
+
+def test_word_statistics_equal_the_lexicon_postgres_rebuilds(retriever, engine) -> None:
+    search_engine = retriever.search_engine
+    with engine.connect() as conn:
+        terms = conn.execute(text("SELECT role, lexeme, documents FROM lexical_terms WHERE space = :s"),
+                             {"s": retriever.space}).all()
+        corpus = dict((role, (n, avg)) for role, n, avg in conn.execute(text(
+            "SELECT role, documents, average_length FROM lexical_corpus WHERE space = :s"), {"s": retriever.space}))
+    assert terms
+    for role, lexeme, documents in terms:
+        assert search_engine._documents[role][search_engine.index.term_of[lexeme]] == documents
+    for role, (n, average) in corpus.items():
+        assert search_engine._corpus[role][0] == n
+        assert search_engine._corpus[role][1] == pytest.approx(average)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_bm25_in_memory_equals_bm25_computed_by_postgres(retriever, engine, prompt: str) -> None:
+    """Every adapter's BM25 for the prompt, from Postgres' own parsing of the query and the stored tsvectors."""
+    search_engine = retriever.search_engine
+    rows = np.arange(*search_engine.index.segment("adapter").indices(len(search_engine.index)))
+    terms = search_engine._terms(prompt, "adapter")
+    ours = dict(zip(search_engine.index.version_ids[rows].tolist(), search_engine._bm25(rows, terms, "adapter"),
+                    strict=True))
+    with engine.connect() as conn:
+        theirs = dict(conn.execute(text(f"""
+            WITH words AS (SELECT l.lexeme, count(*) AS n
+                           FROM regexp_split_to_table(:words, '[\\s,]+') w
+                           CROSS JOIN LATERAL unnest(to_tsvector('english', w)) l GROUP BY l.lexeme),
+                 terms AS (SELECT w.lexeme, w.n, ln(1 + (c.documents - t.documents + 0.5) / (t.documents + 0.5)) idf,
+                                  c.average_length
+                           FROM words w JOIN lexical_terms t ON t.lexeme = w.lexeme AND t.space = :s
+                                AND t.role = 'adapter'
+                           JOIN lexical_corpus c ON c.space = :s AND c.role = 'adapter')
+            SELECT e.version_id, coalesce(sum(t.idf * t.n * array_length(u.positions, 1) * {BM25_K1 + 1}
+                   / (array_length(u.positions, 1) + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * e.lexical_length
+                   / greatest(t.average_length, 1.0)))), 0)
+            FROM embeddings e LEFT JOIN LATERAL unnest(e.lexemes) u ON true LEFT JOIN terms t ON t.lexeme = u.lexeme
+            WHERE e.space = :s AND e.role = 'adapter' GROUP BY e.version_id"""),
+            {"s": retriever.space, "words": plain(prompt)}).all())
+    assert set(ours) == set(theirs)
+    assert any(value > 0 for value in theirs.values()) or not terms.ids.size
+    for version_id, value in theirs.items():
+        assert ours[version_id] == pytest.approx(float(value), rel=1e-9, abs=1e-12)
+
+
+def test_hits_show_what_the_catalogue_says(retriever, engine) -> None:
+    hit = retriever.search("pixel art castle on a hill", top_k=3).checkpoints[0]
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT model_name, version_name, primary_file_name, download_url, "
+                                "version_download_count FROM served_model_versions WHERE version_id = :v"),
+                           {"v": hit.version_id}).one()
+    assert (hit.name, hit.version_name, hit.file_name, hit.download_url, hit.downloads) == tuple(row)
+
+
+def test_without_a_stored_generation_the_index_is_built_from_the_tables(zoo_settings, retriever, engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM search_index_generations"))
+    try:
+        fresh = open_retriever(zoo_settings)
+        assert fresh.search("pixel art castle on a hill").checkpoints[0].name == "Bitforge Pixel Art"
+        assert fresh.live.generation is None
+    finally:
+        with engine.begin() as conn:
+            store_search_index(conn, build_search_index(conn, retriever.space, retriever.dimension,
+                                                        retriever.describer_key))
+
+
+def test_a_new_generation_is_served_while_queries_run(zoo_settings, engine) -> None:
+    """A changed card, refreshed through the real Dagster graph during a stream of queries: no query fails, the
+    retriever moves to the new generation, and the answer shows the change."""
+    retriever = open_retriever(zoo_settings)
+    retriever.live.poll_seconds = 0.2
+    retriever.search_engine  # the stored generation, loaded
+    before = retriever.live.generation
+    retriever.live.watch()
+    errors: list[BaseException] = []
+    answered = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(retriever.search("pixel art castle on a hill", top_k=3).checkpoints[0].name)
+            except BaseException as error:  # noqa: BLE001 - any failure is what the test looks for
+                errors.append(error)
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE models SET name = 'Bitforge Pixel Art II' WHERE name = 'Bitforge Pixel Art'"))
+        outcome = refresh_zoo(zoo_settings, dump_path=str(snapshot_path()), workers=1)
+        assert outcome.success, outcome.failures()
+        deadline = threading.Event()
+        for _ in range(100):
+            if retriever.live.generation != before:
+                break
+            deadline.wait(0.1)
+        answered_before_check = len(answered)
+        deadline.wait(0.5)
+    finally:
+        stop.set()
+        worker.join()
+        retriever.live.close()
+    assert not errors
+    assert retriever.live.generation > before
+    assert len(answered) > answered_before_check > 0
+    assert answered[-1] == "Bitforge Pixel Art II"
+
+
+def conn_count(engine, space: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM embeddings e JOIN served_model_versions s "
+                                 "ON s.version_id = e.version_id WHERE e.space = :s"), {"s": space}).scalar_one()
+
+
+def plain(prompt: str) -> str:
+    from crawlers.a1111 import plain_text
+
+    return plain_text(prompt)
