@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -11,6 +13,8 @@ from embedding.describers import Describer, make_describer
 from embedding.encoders import ImageEncoder, TextEncoder, make_encoders
 from embedding.example_images import load_image
 from embedding.image_fetch import ImageFetcher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,23 @@ def build_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder | Non
     image_preset = clip if choice.image_encoder == "openclip" else None
     options = {"cache_dir": choice.cache_dir} if clip in (text_preset, image_preset) else {}
     return make_encoders(text_preset, image_preset, **options)
+
+
+@lru_cache(maxsize=4)
+def build_query_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder | None]:
+    """The encoders a search process encodes queries with: the preset's, except that MiniLM runs on ONNX Runtime
+    when it is installed (the same vectors to 1e-6 cosine, about 1.4x faster for one query on the CPU:
+    bench/encode_speed.py). A failed ONNX export is logged and the torch encoder used instead."""
+    if choice.text_encoder != "minilm" or importlib.util.find_spec("onnxruntime") is None:
+        return build_encoders(choice)
+    from embedding.onnx_minilm import OnnxMiniLMTextEncoder
+
+    try:
+        text_encoder = OnnxMiniLMTextEncoder(Path(choice.cache_dir))
+    except Exception as error:  # noqa: BLE001 - the torch encoder gives the same vectors, only slower
+        log.warning("ONNX MiniLM unavailable (%s: %s); encoding queries with torch", type(error).__name__, error)
+        return build_encoders(choice)
+    return text_encoder, build_encoders(choice)[1] if choice.image_encoder != "none" else None
 
 
 @lru_cache(maxsize=4)

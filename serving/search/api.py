@@ -20,7 +20,7 @@ from PIL import Image
 from config import Settings
 from db.engine import get_engine
 from db.migrate import ensure_migrated
-from embedding.presets import ModelChoice, build_describer, build_encoders
+from embedding.presets import ModelChoice, build_describer, build_query_encoders
 from embedding.refresh import describer_key
 from serving.search.results import Hit
 from serving.search.retriever import Retriever
@@ -32,7 +32,7 @@ def open_retriever(settings: Settings, *, watch: bool = False) -> Retriever:
     """A retriever in the preset's embedding space: encoders loaded once, the newest search-index generation loaded
     on first use. `watch` keeps it on the newest generation from a background thread (long-lived processes)."""
     choice = ModelChoice.from_settings(settings)
-    text_encoder, image_encoder = build_encoders(choice)
+    text_encoder, image_encoder = build_query_encoders(choice)
     db = ensure_migrated(get_engine(settings))
     return Retriever(db, text_encoder, image_encoder, describer=describer_key(build_describer(choice)), watch=watch)
 
