@@ -7,7 +7,8 @@ the
 role (checkpoint or adapter), base-model family, model type, base model, downloads, licence flags, the words of its
 embedded text as postings (lexeme -> versions and term frequencies, Postgres' own stemming of the stored text),
 the per-role document frequencies BM25 needs, the adapter -> checkpoint co-usage links, and what a hit shows (names,
-trigger words, description, file). Everything a query needs is in memory; Postgres stays the source of truth.
+trigger words, description, file), and an ANN graph of every (role, family) slice large enough to need one
+(embedding/ann.py). Everything a query needs is in memory; Postgres stays the source of truth.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from sqlalchemy import Connection, Engine, text
 from db.copy import driver_cursor
 from db.descriptions import DescriberKey, preferred_description_rows
 from db.search_index_store import StoredIndex, load_index, save_index
+from embedding.ann import MIN_ROWS as ANN_MIN_ROWS
+from embedding.ann import build_graph
 from embedding.describe_card import trigger_words_or_trained
 
 ROLES = ("checkpoint", "adapter")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GRAPH = "graph:"  # blob name prefix of a slice's ANN graph
 DETAIL_FIELDS = ("name", "version_name", "type", "kind", "base_model", "base_model_family", "trigger_words",
                  "recommended_weight", "download_url", "file_name", "sha256", "description")
 
@@ -58,6 +62,7 @@ class SearchIndex:
     details: dict[str, list]  # DETAIL_FIELDS -> one value per row
     lexemes: list[str]  # term id -> lexeme
     settings: dict = field(default_factory=dict)
+    graphs: dict[str, bytes] = field(default_factory=dict)  # "role:family" -> serialised ANN graph of that slice
 
     # ---- per-version arrays
     @property
@@ -78,6 +83,16 @@ class SearchIndex:
     @cached_property
     def term_of(self) -> dict[str, int]:
         return {lexeme: i for i, lexeme in enumerate(self.lexemes)}
+
+    def segments(self) -> list[tuple[str, str, slice]]:
+        """(role, family, rows) of every non-empty (role, family) slice, in row order."""
+        found = []
+        for role in ROLES:
+            for family in self.codes["family"]:
+                rows = self.segment(role, family)
+                if rows.stop > rows.start:
+                    found.append((role, family, rows))
+        return found
 
     @cached_property
     def _segment_keys(self) -> np.ndarray:
@@ -157,13 +172,16 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
                             ("sha256", row["primary_file_sha256"]), ("description", found.get("text") or "")):
             details[name].append(value)
     settings = {"format": FORMAT_VERSION, "describer": describer.describer, "prompt_version": describer.prompt_version}
-    return SearchIndex(space, 0, arrays, codes, details, lexemes, settings)
+    index = SearchIndex(space, 0, arrays, codes, details, lexemes, settings)
+    index.graphs = {f"{role}:{family}": build_graph(index.vectors[rows])
+                    for role, family, rows in index.segments() if rows.stop - rows.start >= ANN_MIN_ROWS}
+    return index
 
 
 def store_search_index(conn: Connection, index: SearchIndex) -> int:
     """Write the index as a new generation (the caller's transaction commits it and its notification)."""
     blobs = {"details": orjson.dumps(index.details), "lexemes": orjson.dumps(index.lexemes),
-             "codes": orjson.dumps(index.codes)}
+             "codes": orjson.dumps(index.codes), **{GRAPH + key: graph for key, graph in index.graphs.items()}}
     index.generation = save_index(conn, index.space, index.arrays, blobs, index.settings, len(index))
     return index.generation
 
@@ -177,7 +195,8 @@ def load_search_index(engine: Engine, space: str, generation: int | None = None)
         return None
     return SearchIndex(space, stored.generation, stored.arrays, orjson.loads(stored.blobs["codes"]),
                        orjson.loads(stored.blobs["details"]), orjson.loads(stored.blobs["lexemes"]),
-                       stored.manifest["settings"])
+                       stored.manifest["settings"],
+                       {name[len(GRAPH):]: blob for name, blob in stored.blobs.items() if name.startswith(GRAPH)})
 
 
 def _distinct(values) -> list[str]:
