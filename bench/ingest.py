@@ -70,7 +70,7 @@ def main() -> None:
                 "SELECT count(*) FROM served_model_versions s JOIN models m ON m.id = s.model_id WHERE m.nsfw"
             )).scalar_one()
             nsfw_models = conn.execute(text("SELECT count(*) FROM models WHERE nsfw")).scalar_one()
-    raw, catalog = first["civitai_models_raw"], first["zoo_catalog"]
+    raw, catalogue = first["civitai_models_raw"], first["zoo_catalogue"]
     models = raw["items_received"]
     rows = [
         ("first ingest", first_s, models / first_s),
@@ -80,20 +80,20 @@ def main() -> None:
     for name, seconds, rate in rows:
         print(f"{name:<20}{seconds:>10.2f}{rate:>12.0f}")
     print(f"refresh / first time: {second_s / first_s:.3f}   (target < 0.10)")
-    print(f"rows: {catalog['rows_models']} models, {catalog['rows_model_versions']} versions, "
-          f"{catalog['rows_model_files']} files, {catalog['rows_images']} images, "
-          f"{catalog['rows_image_resources']} image resources, "
+    print(f"rows: {catalogue['rows_models']} models, {catalogue['rows_model_versions']} versions, "
+          f"{catalogue['rows_model_files']} files, {catalogue['rows_images']} images, "
+          f"{catalogue['rows_image_resources']} image resources, "
           f"{first['adapter_checkpoint_links'].get('links')} links; "
-          f"{nsfw_models} NSFW models, {nsfw_served} served; {catalog['quarantined']} quarantined")
+          f"{nsfw_models} NSFW models, {nsfw_served} served; {catalogue['quarantined']} quarantined")
     print(f"second run: {second['civitai_models_raw']['models_unchanged']} unchanged, "
-          f"{second['zoo_catalog']['normalised']} re-normalised, links skipped: "
+          f"{second['zoo_catalogue']['normalised']} re-normalised, links skipped: "
           f"{second['adapter_checkpoint_links']['skipped']}")
     print(json.dumps({
         "bench": "ingest", "models": models, "first_s": round(first_s, 2),
         "first_models_per_s": round(models / first_s, 1), "refresh_s": round(second_s, 2),
         "refresh_models_per_s": round(models / second_s, 1), "refresh_ratio": round(second_s / first_s, 4),
         "links": first["adapter_checkpoint_links"].get("links"), "nsfw_models": nsfw_models,
-        "nsfw_served": nsfw_served, "quarantined": catalog["quarantined"],
+        "nsfw_served": nsfw_served, "quarantined": catalogue["quarantined"],
     }))
 
 

@@ -281,7 +281,7 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
         engine = None
 
     if engine is not None:
-        from db.catalog_store import refresh_statistics
+        from db.catalogue_store import refresh_statistics
 
         started = time.perf_counter()
         zoo = create_synthetic_zoo(engine, space, checkpoints=checkpoints, adapters=adapters, dimension=d,

@@ -147,13 +147,6 @@ class CivitaiClient:
     def model(self, model_id: int) -> dict:
         return self.get_json(self.url(f"models/{int(model_id)}"))
 
-    def model_version(self, version_id: int) -> dict:
-        return self.get_json(self.url(f"model-versions/{int(version_id)}"))
-
-    def model_version_by_hash(self, file_hash: str) -> dict:
-        if not file_hash.isalnum():
-            raise ValueError(f"not a hash: {file_hash!r}")
-        return self.get_json(self.url(f"model-versions/by-hash/{file_hash}"))
 
 
 def _with_param(url: str, key: str, value: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 
-def catalog_stamp(conn: Connection) -> str:
+def catalogue_stamp(conn: Connection) -> str:
     """Changes whenever a model is written, deleted or restored (every such write sets models.updated_at)."""
     return conn.execute(text("SELECT coalesce(max(updated_at)::text, '') || '/' || count(*) FROM models")).scalar_one()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
-from db.derived import catalog_stamp, set_stamp, stamp_of
+from db.derived import catalogue_stamp, set_stamp, stamp_of
 
 _HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
 # Bump when the resolution rules change: a catalogue resolved under other rules is then resolved again from scratch.
@@ -36,7 +36,7 @@ def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collecti
     `force`, or new rules, resolve every reference again.
     """
     with engine.begin() as conn:
-        stamp = f"{catalog_stamp(conn)}|{RESOLUTION_RULES}"
+        stamp = f"{catalogue_stamp(conn)}|{RESOLUTION_RULES}"
         previous = stamp_of(conn, "image_resources")
         if not force and previous == stamp:
             return None

@@ -5,7 +5,7 @@ import logging
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 
-from crawlers.catalog import normalise_pending
+from crawlers.catalogue import normalise_pending
 from crawlers.crawl import crawl_listing
 from crawlers.dump import ingest_dump
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES, SERVED_TYPES, types_by_role
@@ -29,7 +29,7 @@ class CrawlConfig(Config):
     sort: str = "Newest"
 
 
-class CatalogConfig(Config):
+class CatalogueConfig(Config):
     workers: int = 2
 
 
@@ -60,7 +60,7 @@ def civitai_models_raw(context: AssetExecutionContext, config: CrawlConfig, data
 
 @asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[civitai_models_raw],
        description="Normalised models, versions, files (all hashes), images and image references; NSFW decided.")
-def zoo_catalog(context: AssetExecutionContext, config: CatalogConfig, database: DatabaseResource) -> MaterializeResult:
+def zoo_catalogue(context: AssetExecutionContext, config: CatalogueConfig, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
     engine = database.engine()
     report.add(normalise_pending(engine, workers=config.workers,
@@ -70,7 +70,7 @@ def zoo_catalog(context: AssetExecutionContext, config: CatalogConfig, database:
     return report.result()
 
 
-@asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[zoo_catalog],
+@asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[zoo_catalogue],
        description="What each example image names, resolved to model versions (version id, any hash, file name).")
 def image_resources(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
@@ -90,4 +90,4 @@ def adapter_checkpoint_links(context: AssetExecutionContext, database: DatabaseR
     return report.result()
 
 
-CATALOGUE_ASSETS = [civitai_models_raw, zoo_catalog, image_resources, adapter_checkpoint_links]
+CATALOGUE_ASSETS = [civitai_models_raw, zoo_catalogue, image_resources, adapter_checkpoint_links]

@@ -7,13 +7,13 @@ from sqlalchemy import text
 from crawlers.nsfw import NSFW_BITS
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
 from embedding.refresh import space_dimension, space_name
-from orchestration.assets import adapter_checkpoint_links, zoo_catalog
+from orchestration.assets import adapter_checkpoint_links, zoo_catalogue
 from orchestration.embedding_assets import retrieval_index
 from orchestration.models import ModelsResource
 from orchestration.resources import DatabaseResource
 
 
-@asset_check(asset=zoo_catalog, blocking=True,
+@asset_check(asset=zoo_catalogue, blocking=True,
              description="No served version belongs to a model flagged NSFW in any way; blocks the steps after it.")
 def nothing_nsfw_served(database: DatabaseResource) -> AssetCheckResult:
     with database.engine().connect() as conn:
@@ -26,7 +26,7 @@ def nothing_nsfw_served(database: DatabaseResource) -> AssetCheckResult:
     return AssetCheckResult(passed=not offenders, metadata={"nsfw_models_served": offenders})
 
 
-@asset_check(asset=zoo_catalog, description="Every SFW, listed model has at least one servable version.")
+@asset_check(asset=zoo_catalogue, description="Every SFW, listed model has at least one servable version.")
 def no_served_model_without_a_version(database: DatabaseResource) -> AssetCheckResult:
     with database.engine().connect() as conn:
         orphans = conn.execute(text(

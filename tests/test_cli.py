@@ -59,9 +59,9 @@ def test_refresh_from_a_dump_then_summary_json(env: Engine, capsys: pytest.Captu
     assert run["success"] is True
     assert run["failures"] == []
     assert run["checks"] and all(run["checks"].values()), run["checks"]
-    assert {"civitai_models_raw", "zoo_catalog", "image_resources", "adapter_checkpoint_links"} <= set(run["assets"])
+    assert {"civitai_models_raw", "zoo_catalogue", "image_resources", "adapter_checkpoint_links"} <= set(run["assets"])
     assert run["assets"]["civitai_models_raw"]["items_received"] == 9
-    assert run["assets"]["zoo_catalog"]["normalised"] == 9
+    assert run["assets"]["zoo_catalogue"]["normalised"] == 9
 
     assert cli.main(["summary", "--json"]) == 0
     summary = _last_json(capsys.readouterr().out)
@@ -103,7 +103,7 @@ def test_refresh_is_repeatable(env: Engine, capsys: pytest.CaptureFixture[str]):
     run = _last_json(capsys.readouterr().out)
     assert run["assets"]["civitai_models_raw"]["models_unchanged"] == 9
     assert run["assets"]["civitai_models_raw"]["models_new"] == 0
-    assert run["assets"]["zoo_catalog"]["pending"] == 0
+    assert run["assets"]["zoo_catalogue"]["pending"] == 0
     assert run["assets"]["image_resources"]["skipped"] is True
     assert run["assets"]["adapter_checkpoint_links"]["skipped"] is True
 

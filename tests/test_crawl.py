@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-from crawlers.catalog import normalise_pending
+from crawlers.catalogue import normalise_pending
 from crawlers.civitai_client import CivitaiClient, CivitaiError, CivitaiNotFound
 from crawlers.crawl import crawl_listing
 from fake_civitai import FAULT_KINDS, Fault, FakeCivitai

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-import crawlers.catalog
-from crawlers.catalog import normalise_pending
+import crawlers.catalogue
+from crawlers.catalogue import normalise_pending
 from crawlers.dump import DumpError, ingest_dump
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES, types_by_role
 from db.links import rebuild_links, resolve_image_resources
@@ -456,7 +456,7 @@ def test_workers_2_gives_the_same_catalogue(engine: Engine, dumps: dict[str, Pat
     sequential = _snapshot(engine, with_timestamps=False)
     truncate_all(engine)
     # Small batches, so two worker processes really share the 18 stored items (one batch would run in-process).
-    monkeypatch.setattr(crawlers.catalog, "BATCH_SIZE", 4)
+    monkeypatch.setattr(crawlers.catalogue, "BATCH_SIZE", 4)
     report, counts, resolved, links = _build(engine, dumps["malformed"], workers=2)
     assert counts.pending == 18
     assert counts.normalised + counts.quarantined == 18

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, text
 
 from crawlers.civitai_client import CivitaiClient

@@ -25,11 +25,11 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
     assert job is not None
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"civitai_models_raw", "zoo_catalog", "image_resources", "adapter_checkpoint_links",
+    assert keys == {"civitai_models_raw", "zoo_catalogue", "image_resources", "adapter_checkpoint_links",
                     "adapter_descriptions", "zoo_embeddings", "retrieval_index"}
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
                for key in graph.get_all_asset_keys()}
-    assert parents["zoo_catalog"] == {"civitai_models_raw"}
+    assert parents["zoo_catalogue"] == {"civitai_models_raw"}
     assert parents["adapter_checkpoint_links"] == {"image_resources"}
     assert parents["adapter_descriptions"] == {"adapter_checkpoint_links"}
     assert parents["retrieval_index"] == {"zoo_embeddings"}
@@ -49,7 +49,7 @@ def test_jobs_select_asset_groups_and_the_settings_set_the_shards(settings) -> N
         graph = location.resolve_job_def(job).asset_layer.asset_graph
         return {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).is_executable}
 
-    assert selected("refresh_zoo") == {"civitai_models_raw", "zoo_catalog", "image_resources",
+    assert selected("refresh_zoo") == {"civitai_models_raw", "zoo_catalogue", "image_resources",
                                        "adapter_checkpoint_links"}
     assert selected("describe_and_embed") == {"adapter_descriptions", "zoo_embeddings"}
     assert selected("build_retrieval_index") == {"retrieval_index"}
@@ -84,10 +84,10 @@ def test_in_process_run_materialises_every_asset_with_metadata(settings, engine)
     metadata = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
                 for event in result.get_asset_materialization_events()}
     assert metadata["civitai_models_raw"]["items_received"] == 9
-    assert metadata["zoo_catalog"]["normalised"] == 9
-    assert metadata["zoo_catalog"]["rows_models"] == 9
+    assert metadata["zoo_catalogue"]["normalised"] == 9
+    assert metadata["zoo_catalogue"]["rows_models"] == 9
     assert metadata["adapter_checkpoint_links"]["links"] > 0
-    assert all(key in metadata["zoo_catalog"] for key in ("seconds", "rows_images", "rows_image_resources"))
+    assert all(key in metadata["zoo_catalogue"] for key in ("seconds", "rows_images", "rows_image_resources"))
     assert all(isinstance(asset["seconds"], float) for asset in metadata.values())
     assert metadata["civitai_models_raw"]["models_per_second"] > 0
     assert all(event.passed for event in result.get_asset_check_evaluations())
@@ -96,7 +96,7 @@ def test_in_process_run_materialises_every_asset_with_metadata(settings, engine)
     second = {event.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
               for event in again.get_asset_materialization_events()}
     assert second["civitai_models_raw"]["models_unchanged"] == 9
-    assert second["zoo_catalog"]["normalised"] == 0
+    assert second["zoo_catalogue"]["normalised"] == 0
     assert second["image_resources"]["skipped"] is True
     assert second["adapter_checkpoint_links"]["skipped"] is True
 

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from crawlers.catalog import normalise_pending
+from crawlers.catalogue import normalise_pending
 from crawlers.dump import ingest_dump
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES, types_by_role
 from db import migrate

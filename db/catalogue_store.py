@@ -11,7 +11,7 @@ from db.copy import copy_rows, stage_rows
 from db.schema import Image, ImageResource, Model, ModelFile, ModelVersion
 
 
-class CatalogRows(Protocol):
+class CatalogueRows(Protocol):
     model: dict
     versions: list[dict]
     files: list[dict]
@@ -29,7 +29,7 @@ _TABLES: tuple[tuple[Table, tuple[str, ...], str], ...] = (
 )
 
 
-def _rows_of(batch: Sequence[CatalogRows], attribute: str) -> list[dict]:
+def _rows_of(batch: Sequence[CatalogueRows], attribute: str) -> list[dict]:
     if attribute == "model":
         return [rows.model for rows in batch]
     return [row for rows in batch for row in getattr(rows, attribute)]
@@ -44,7 +44,7 @@ def _columns(table: Table, row: dict) -> list[str]:
     return [column.name for column in table.columns if column.name in row]
 
 
-def replace_models(conn: Connection, batch: Sequence[CatalogRows]) -> None:
+def replace_models(conn: Connection, batch: Sequence[CatalogueRows]) -> None:
     """Store a batch of normalised models: models never seen are COPied straight in; known ones are replaced.
 
     Versions of known models are upserted (other tables point at them); a version missing from its model's new
@@ -66,7 +66,7 @@ def replace_models(conn: Connection, batch: Sequence[CatalogRows]) -> None:
         _replace_known(conn, existing)
 
 
-def _replace_known(conn: Connection, batch: Sequence[CatalogRows]) -> None:
+def _replace_known(conn: Connection, batch: Sequence[CatalogueRows]) -> None:
     ids = {"ids": [rows.model["id"] for rows in batch]}
     conn.execute(text("DELETE FROM images WHERE model_id = ANY(:ids)"), ids)
     conn.execute(text(

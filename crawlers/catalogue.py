@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from crawlers.normalise import NormalisedModel, normalise_model
-from db.catalog_store import refresh_statistics, replace_models, sync_deletions
+from db.catalogue_store import refresh_statistics, replace_models, sync_deletions
 from db.engine import engine_for_url
 from db.raw_store import quarantine
 
@@ -26,7 +26,7 @@ BATCH_SIZE = 500
 
 
 @dataclass
-class CatalogCounts:
+class CatalogueCounts:
     pending: int = 0
     normalised: int = 0
     quarantined: int = 0
@@ -36,7 +36,7 @@ class CatalogCounts:
     images: int = 0
     image_resources: int = 0
 
-    def add(self, other: CatalogCounts) -> None:
+    def add(self, other: CatalogueCounts) -> None:
         for field in fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
@@ -45,7 +45,7 @@ class CatalogCounts:
 
 
 def normalise_pending(engine: Engine, *, workers: int = 1, progress: Callable[[int, int], None] | None = None,
-                      id_range: tuple[int, int] | None = None) -> CatalogCounts:
+                      id_range: tuple[int, int] | None = None) -> CatalogueCounts:
     """Normalise every raw model (optionally in an id range) whose raw_sha differs from its normalised_sha.
 
     Work is committed per batch, so an interrupted run resumes where it stopped. An item that fails goes to
@@ -57,7 +57,7 @@ def normalise_pending(engine: Engine, *, workers: int = 1, progress: Callable[[i
             "SELECT id FROM models_raw WHERE normalised_sha IS DISTINCT FROM raw_sha AND id BETWEEN :low AND :high "
             "ORDER BY id"
         ), {"low": low, "high": high}).scalars().all()
-    counts = CatalogCounts(pending=len(pending))
+    counts = CatalogueCounts(pending=len(pending))
     batches = [pending[start:start + BATCH_SIZE] for start in range(0, len(pending), BATCH_SIZE)]
     url = engine.url.render_as_string(hide_password=False)
     if workers > 1 and len(batches) > 1:
@@ -79,10 +79,10 @@ def normalise_pending(engine: Engine, *, workers: int = 1, progress: Callable[[i
     return counts
 
 
-def normalise_batch(url: str, ids: list[int]) -> CatalogCounts:
+def normalise_batch(url: str, ids: list[int]) -> CatalogueCounts:
     """Normalise and store one batch; if the database refuses it, retry one by one to quarantine the culprit."""
     engine = engine_for_url(url)
-    counts = CatalogCounts()
+    counts = CatalogueCounts()
     try:
         _normalise_ids(engine, ids, counts)
     except DBAPIError:
@@ -95,8 +95,8 @@ def normalise_batch(url: str, ids: list[int]) -> CatalogCounts:
     return counts
 
 
-def _normalise_ids(engine: Engine, ids: list[int], counts: CatalogCounts) -> None:
-    batch_counts = CatalogCounts()
+def _normalise_ids(engine: Engine, ids: list[int], counts: CatalogueCounts) -> None:
+    batch_counts = CatalogueCounts()
     with engine.begin() as conn:
         rows = conn.execute(text("SELECT id, raw::text, raw_sha, source FROM models_raw WHERE id = ANY(:ids)"),
                             {"ids": ids}).all()
