@@ -16,7 +16,8 @@ from orchestration.location import embed_job, index_job, refresh_job, zoo_defini
 from orchestration.models import ModelsResource
 from orchestration.resources import CivitaiResource
 
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The console logger would print every failed step's traceback; failures() says what failed, in one line each.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _definitions(settings: Settings, database_url: str | None, civitai: CivitaiResource | None,
@@ -76,8 +77,18 @@ class RefreshOutcome:
         return {event.check_name: event.passed for run in self.runs for event in run.get_asset_check_evaluations()}
 
     def failures(self) -> list[str]:
-        return [f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+        """One line per failed step: the step and the root cause (Dagster's own wrapper says only "Error occurred
+        while executing op")."""
+        return [f"{event.step_key}: {root_cause(event.event_specific_data.error)}"
                 for run in self.runs for event in run.all_events if event.is_step_failure]
+
+
+def root_cause(error) -> str:
+    """The innermost cause's first line of a Dagster SerializableErrorInfo chain."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = [line for line in (error.message or "").strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else error.cls_name or "unknown error"
 
 
 def refresh_zoo(settings: Settings, *, database_url: str | None = None, civitai: CivitaiResource | None = None,
