@@ -1,6 +1,7 @@
 """What the command line prints: exit codes, the error console, tables of hits and JSON lines.
 
-Exit codes: 0 success, 1 the run failed (its asset or check failures are printed), 2 bad usage or settings.
+Exit codes: 0 success; 1 the work failed (a refresh step or check, a download, a generation; each printed in one
+line); 2 bad usage, input or settings; 3 the database cannot be reached; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATABASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 err = Console(stderr=True)
 
@@ -24,7 +25,14 @@ def out(width: int = 140) -> Console:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, default=str), flush=True)
+    """One JSON document on one line. Text that UTF-8 cannot carry (a lone surrogate from a bad input line) is
+    written as JSON escapes instead of failing the print."""
+    line = json.dumps(data, ensure_ascii=False, default=str)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(data, ensure_ascii=True, default=str)
+    print(line, flush=True)
 
 
 def usage_error(message: str) -> int:

@@ -11,6 +11,7 @@ from config import Settings
 from serving.search import Filters, SearchResult
 
 MAX_QUERY_CHARS = 4000
+COMMERCIAL_USES = ("Image", "Rent", "RentCivit", "Sell")  # Civitai's allowCommercialUse values
 HIT_COLUMNS = ("name", "version", "base_model", "score", "weight", "trigger_words", "why")
 
 
@@ -53,6 +54,9 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         return usage_error("give a prompt, --image PATH, or --queries FILE")
     if args.top_k < 1 or args.checkpoints < 0:
         return usage_error("--top-k must be at least 1 and --checkpoints at least 0")
+    if args.image and settings.image_encoder == "none":
+        return usage_error(f"--image needs an image encoder; the {settings.preset} preset has none "
+                           "(use ZOO_PRESET=full or ZOO_IMAGE_ENCODER=openclip)")
     try:
         image = load_query_image(args.image) if args.image else None
     except ValueError as error:
@@ -70,25 +74,37 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     _print_result(result)
     if not result.checkpoints and not result.adapters:
-        err.print("the zoo has no vectors yet: run `zoo refresh` (or `zoo demo`) first")
+        err.print(_nothing_found(retriever, args))
     return EXIT_OK
 
 
+def _nothing_found(retriever, args: argparse.Namespace) -> str:
+    """Why a search found nothing: an empty zoo, or filters nothing in it passes (with what it does hold)."""
+    index = retriever.search_engine.index
+    if not len(index):
+        return "the zoo has no vectors yet: run `zoo refresh` (or `zoo demo`) first"
+    held = ", ".join(sorted(name for name in index.codes["base_model"] if name)[:12])
+    return (f"nothing in the zoo passes these filters (the zoo holds base models: {held}; types: "
+            f"{', '.join(index.codes['model_type'])})")
+
+
 def _search_many(retriever, reranker, path: Path, args: argparse.Namespace) -> int:
-    """JSON Lines in ({"qid", "query"}), one JSON line out per query; a bad line gets an error line, not a crash."""
+    """JSON Lines in ({"qid", "query"}), one JSON line out per query. A line that is not UTF-8, not JSON, or has no
+    query text gets an error line ({"qid", "error"}); the batch goes on."""
     from serving.search import rerank_hits
 
     if not path.is_file():
         return usage_error(f"queries file not found: {path}")
     filters = _filters(args)
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
-            qid = None
+            qid = number
             try:
-                item = json.loads(line)
-                qid = item.get("qid", number) if isinstance(item, dict) else number
+                item = json.loads(raw.decode("utf-8"))
+                if isinstance(item, dict):
+                    qid = item.get("qid", number)
                 query = item.get("query") if isinstance(item, dict) else None
                 if not isinstance(query, str) or not query.strip():
                     raise ValueError("no query text")
@@ -97,8 +113,8 @@ def _search_many(retriever, reranker, path: Path, args: argparse.Namespace) -> i
                 if reranker is not None:
                     result.adapters = rerank_hits(query, result.adapters, reranker)
                 answer = {"qid": qid, **_as_json(result)}
-            except (ValueError, AttributeError) as error:
-                answer = {"qid": qid if qid is not None else number, "error": f"line {number}: {error}"}
+            except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+                answer = {"qid": qid, "error": f"line {number}: {type(error).__name__}: {error}"}
             print_json(answer)
     return EXIT_OK
 
@@ -112,7 +128,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--checkpoints", type=int, default=3, help="checkpoints to return")
     search.add_argument("--base-models", nargs="+", help="only these base models, e.g. 'SD 1.5'")
     search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
-    search.add_argument("--commercial-use", help="the licence must allow this use: Image, Rent, RentCivit or Sell")
+    search.add_argument("--commercial-use", choices=COMMERCIAL_USES, help="the licence must allow this use")
     search.add_argument("--min-downloads", type=int, default=0, help="only versions downloaded at least N times")
     search.add_argument("--rerank", action="store_true",
                         help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")

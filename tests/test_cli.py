@@ -184,3 +184,10 @@ def test_demo_without_civitai_uses_the_shipped_snapshot(env: Engine, monkeypatch
     assert served_nsfw == 0
     # the demo ends with the summary table on stdout
     assert "The zoo" in captured.out
+
+
+def test_an_unreachable_database_is_one_line_and_exit_code_3(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://zoo:secret@127.0.0.1:1/zoo")
+    assert cli.main(["summary"]) == 3
+    message = capsys.readouterr().err
+    assert "cannot reach the database" in message and "Traceback" not in message and "secret" not in message

@@ -206,6 +206,36 @@ def test_zoo_search_queries_file_answers_every_line(zoo, capsys, tmp_path: Path)
     assert lines[3]["adapters"]
 
 
+def test_hostile_query_lines_get_error_lines_and_the_batch_goes_on(zoo, capsys, tmp_path: Path) -> None:
+    """A NUL byte in a query, a line that is not UTF-8 and a lone surrogate in a qid: every line is answered."""
+    from cli.main import main
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_bytes(b'{"qid": "nul", "query": "ink wash\\u0000 mountains"}\n'
+                        b'\xff\xfe not utf-8\n'
+                        b'{"qid": "\\udc80", "query": "pixel art castle"}\n'
+                        + ("x" * 100_000).encode() + b"\n")
+    assert main(["search", "--queries", str(queries), "--json", "--top-k", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["qid"] for line in lines] == ["nul", 2, "\udc80", 4]
+    assert lines[0]["adapters"] and "UnicodeDecodeError" in lines[1]["error"] and lines[2]["checkpoints"]
+    assert "JSONDecodeError" in lines[3]["error"]
+
+
+def test_search_errors_say_what_to_do(zoo, capsys) -> None:
+    from cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "x", "--commercial-use", "Foo"])
+    assert exit_info.value.code == 2 and "Sell" in capsys.readouterr().err
+    assert main(["search", "a castle", "--base-models", "SDXL 1.0"]) == 0
+    message = capsys.readouterr().err
+    message = " ".join(message.split())
+    assert "nothing in the zoo passes these filters" in message and "SD 1.5" in message
+    assert main(["search", "--image", "castle.png"]) == 2
+    assert "needs an image encoder" in " ".join(capsys.readouterr().err.split())
+
+
 def test_zoo_search_usage_errors(zoo) -> None:
     from cli.main import main
 
