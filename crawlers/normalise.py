@@ -19,6 +19,12 @@ from crawlers.nsfw import classify_model, image_nsfw_level, is_nsfw_level
 from crawlers.taxonomy import base_model_family, role_of_type
 
 _INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1
+# Bounds of the text columns Postgres indexes (a btree row holds at most 2,704 bytes), decided per column:
+MAX_TYPE_LENGTH = 64  # model type: an enum name (the longest is 17); a longer one is not a type: the model is refused
+MAX_BASE_MODEL_LENGTH = 100  # baseModel: an enum name (the longest is about 25); longer: the model is refused
+MAX_HASH_LENGTH = 128  # a hash (SHA256 and BLAKE3 are 64 hex): a longer value is no hash and is dropped
+MAX_STEM_LENGTH = 255  # file name stem: no file system names a file longer, so no tag can name one; cut to this
 _HASH_KINDS = {"sha256": "sha256", "autov1": "autov1", "autov2": "autov2", "autov3": "autov3", "crc32": "crc32", "blake3": "blake3"}
 
 
@@ -54,6 +60,20 @@ def _int(value: object) -> int | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return _int(int(value.strip()))
     return None
+
+
+def _int32(value: object) -> int | None:
+    """An integer an INTEGER column holds, else None."""
+    number = _int(value)
+    return number if number is not None and -_INT32_MAX <= number <= _INT32_MAX else None
+
+
+def _level(value: object, what: str) -> int | None:
+    """An nsfwLevel bitmask; one no INTEGER column holds is refused, not dropped (it decides what is served)."""
+    number = _int(value)
+    if number is not None and not -_INT32_MAX <= number <= _INT32_MAX:
+        raise NormaliseError(f"{what} nsfwLevel {number} is not a bitmask of Civitai's levels")
+    return number
 
 
 def _float(value: object) -> float | None:
@@ -121,6 +141,30 @@ def _dict_list(value: object, what: str) -> list[dict]:
     return [item for item in value if isinstance(item, dict)]
 
 
+def _versions(item: dict, model_id: int) -> list[dict]:
+    """The item's versions. Every /models item of both eras has a `modelVersions` list of objects (maybe empty);
+    an item without one, or with something else there, is schema drift (a renamed or retyped field), never "this
+    model now has no versions": that would withdraw all its versions and delete what was derived from them."""
+    if "modelVersions" not in item:
+        raise NormaliseError(f"schema drift: model {model_id} has no modelVersions field "
+                             f"(fields: {', '.join(sorted(str(key)[:40] for key in item)[:30])})")
+    versions = item["modelVersions"]
+    if not isinstance(versions, list):
+        raise NormaliseError(f"schema drift: model {model_id} modelVersions is {type(versions).__name__}, "
+                             f"expected a list")
+    for position, version in enumerate(versions):
+        if not isinstance(version, dict):
+            raise NormaliseError(f"schema drift: model {model_id} modelVersions #{position} is "
+                                 f"{type(version).__name__}, expected an object")
+    return versions
+
+
+def _bounded(value: str | None, limit: int, what: str) -> str | None:
+    if value is not None and len(value) > limit:
+        raise NormaliseError(f"{what} is {len(value)} characters long (at most {limit}): not a name Civitai uses")
+    return value
+
+
 def file_name_stem(name: str) -> str:
     """The lower-case file name without extension: what `<lora:NAME:w>` tags and meta `Model` usually give."""
     return PurePosixPath(name).stem.lower() if "." in name else name.lower()
@@ -130,16 +174,16 @@ def normalise_model(item: object) -> NormalisedModel:
     if not isinstance(item, dict):
         raise NormaliseError(f"item is {type(item).__name__}, expected an object")
     model_id = _required_id(item, "model")
-    model_type = _text(item.get("type"))
+    model_type = _bounded(_text(item.get("type")), MAX_TYPE_LENGTH, f"model {model_id} type")
     if model_type is None:
         raise NormaliseError(f"model {model_id} has no type")
     stats = item.get("stats") if isinstance(item.get("stats"), dict) else {}
     creator = item.get("creator") if isinstance(item.get("creator"), dict) else {}
-    model_nsfw_level = _int(item.get("nsfwLevel"))
+    model_nsfw_level = _level(item.get("nsfwLevel"), f"model {model_id}")
     role = role_of_type(model_type)
     out = NormalisedModel(model={})
     image_levels: list[int | None] = []
-    for position, version in enumerate(_dict_list(item.get("modelVersions"), f"model {model_id} modelVersions")):
+    for position, version in enumerate(_versions(item, model_id)):
         version_id = _required_id(version, f"model {model_id} version #{position}")
         out.versions.append(_version_row(model_id, version_id, position, version))
         for file in _dict_list(version.get("files"), f"version {version_id} files"):
@@ -182,8 +226,8 @@ def normalise_model(item: object) -> NormalisedModel:
 
 def _version_row(model_id: int, version_id: int, position: int, version: dict) -> dict:
     stats = version.get("stats") if isinstance(version.get("stats"), dict) else {}
-    base_model = _text(version.get("baseModel"))
-    index = _int(version.get("index"))
+    base_model = _bounded(_text(version.get("baseModel")), MAX_BASE_MODEL_LENGTH, f"version {version_id} baseModel")
+    index = _int32(version.get("index"))
     return {
         "id": version_id,
         "model_id": model_id,
@@ -194,7 +238,7 @@ def _version_row(model_id: int, version_id: int, position: int, version: dict) -
         "base_model_family": base_model_family(base_model),
         "trained_words": _strings(version.get("trainedWords")),
         "description_text": html_to_text(version.get("description")),
-        "nsfw_level": _int(version.get("nsfwLevel")),
+        "nsfw_level": _level(version.get("nsfwLevel"), f"version {version_id}"),
         "download_count": _count(stats, "downloadCount"),
         "rating": _float(stats.get("rating")),
         "rating_count": _count(stats, "ratingCount"),
@@ -214,7 +258,7 @@ def _file_row(version_id: int, file: dict) -> dict:
         "id": file_id,
         "version_id": version_id,
         "name": name,
-        "name_stem": file_name_stem(name),
+        "name_stem": file_name_stem(name)[:MAX_STEM_LENGTH],
         "type": _text(file.get("type")),
         "is_primary": file.get("primary") is True,
         "size_kb": _float(file.get("sizeKB")),
@@ -228,7 +272,7 @@ def _file_row(version_id: int, file: dict) -> dict:
     for kind, value in hashes.items():
         column = _HASH_KINDS.get(str(kind).lower())
         text = _text(value)
-        if column and text and text.isalnum():
+        if column and text and text.isalnum() and len(text) <= MAX_HASH_LENGTH:
             row[column] = text.upper()
     return row
 
@@ -259,22 +303,22 @@ def _image_row(model_id: int, version_id: int, position: int, image: dict) -> di
     meta = meta or {}
     hashes = meta.get("hashes") if isinstance(meta.get("hashes"), dict) else {}
     checkpoint_hash = _text(meta.get("Model hash")) or _text(hashes.get("model"))
-    level = image_nsfw_level(image)
+    level = _level(image_nsfw_level(image), f"version {version_id} image #{position}")
     return {
         "id": image_id,
         "version_id": version_id,
         "model_id": model_id,
         "position": position,
         "url": _text(image.get("url")),
-        "width": _int(image.get("width")),
-        "height": _int(image.get("height")),
+        "width": _int32(image.get("width")),
+        "height": _int32(image.get("height")),
         "nsfw_level": level,
         "nsfw": is_nsfw_level(level),
         "has_meta": bool(meta) or image.get("hasMeta") is True,
         "prompt": _text(meta.get("prompt")),
         "negative_prompt": _text(meta.get("negativePrompt")),
         "sampler": _text(meta.get("sampler")),
-        "steps": _int(meta.get("steps")),
+        "steps": _int32(meta.get("steps")),
         "cfg_scale": _float(meta.get("cfgScale")),
         "seed": _int(meta.get("seed")),
         "checkpoint_name": _text(meta.get("Model")),

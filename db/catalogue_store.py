@@ -8,6 +8,7 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, Table, text
 
 from db.copy import copy_rows, stage_rows
+from db.errors import RowsRefused
 from db.schema import Image, ImageResource, Model, ModelFile, ModelVersion
 
 
@@ -29,6 +30,15 @@ _TABLES: tuple[tuple[Table, tuple[str, ...], str], ...] = (
 )
 
 
+# An upsert may replace a row only when it belongs to the model being written (ON CONFLICT ... WHERE): a version
+# of another model, or a file of another model's version, is left alone and the write counts it as refused.
+_OWNED = {
+    "model_versions": " WHERE model_versions.model_id = EXCLUDED.model_id",
+    "model_files": " WHERE (SELECT model_id FROM model_versions WHERE id = model_files.version_id) = "
+                   "(SELECT model_id FROM model_versions WHERE id = EXCLUDED.version_id)",
+}
+
+
 def _rows_of(batch: Sequence[CatalogueRows], attribute: str) -> list[dict]:
     if attribute == "model":
         return [rows.model for rows in batch]
@@ -44,11 +54,53 @@ def _columns(table: Table, row: dict) -> list[str]:
     return [column.name for column in table.columns if column.name in row]
 
 
+def ownership_conflicts(conn: Connection, batch: Sequence[CatalogueRows]) -> dict[int, str]:
+    """Models of the batch that list a version id or file id another model owns, with the reason.
+
+    The owner is the model whose row holds the id in the catalogue, else the first model of the batch (in order)
+    that lists it. Civitai's ids are global, so a second claimant is bad data: storing it would take the version
+    (and what was derived from it) away from its owner.
+    """
+    version_ids = [row["id"] for rows in batch for row in rows.versions]
+    file_ids = [row["id"] for rows in batch for row in rows.files]
+    owners = {"version": dict(conn.execute(text("SELECT id, model_id FROM model_versions WHERE id = ANY(:ids)"),
+                                           {"ids": version_ids}).all()),
+              "file": dict(conn.execute(text(
+                  "SELECT f.id, v.model_id FROM model_files f JOIN model_versions v ON v.id = f.version_id "
+                  "WHERE f.id = ANY(:ids)"), {"ids": file_ids}).all())}
+    conflicts: dict[int, str] = {}
+    for rows in batch:
+        model_id = rows.model["id"]
+        claims = [("version", row["id"]) for row in rows.versions] + [("file", row["id"]) for row in rows.files]
+        taken = next(((kind, key, owners[kind][key]) for kind, key in claims
+                      if owners[kind].get(key, model_id) != model_id), None)
+        if taken is not None:
+            conflicts[model_id] = f"{taken[0]} id {taken[1]} belongs to model {taken[2]}"
+            continue
+        for kind, key in claims:
+            owners[kind].setdefault(key, model_id)
+    return conflicts
+
+
+def served_versions(conn: Connection, model_ids: Sequence[int]) -> set[int]:
+    """The versions of these models that serving may return now."""
+    if not model_ids:
+        return set()
+    return set(conn.execute(text("SELECT version_id FROM served_model_versions WHERE model_id = ANY(:ids)"),
+                            {"ids": list(model_ids)}).scalars())
+
+
+def served_version_count(conn: Connection) -> int:
+    return conn.execute(text("SELECT count(*) FROM served_model_versions")).scalar_one()
+
+
 def replace_models(conn: Connection, batch: Sequence[CatalogueRows]) -> None:
     """Store a batch of normalised models: models never seen are COPied straight in; known ones are replaced.
 
     Versions of known models are upserted (other tables point at them); a version missing from its model's new
-    listing is marked removed, never deleted. Files, images and image references are replaced wholesale.
+    listing is marked removed, never deleted. Files, images and image references are replaced wholesale. A version
+    or file id that another model holds is never taken from it: the write raises RowsRefused (call
+    ownership_conflicts first to leave such models out; this catches a claim committed meanwhile).
     """
     if not batch:
         return
@@ -84,14 +136,23 @@ def _replace_known(conn: Connection, batch: Sequence[CatalogueRows]) -> None:
         stage_rows(conn, stage, table.name, columns, ([row[c] for c in columns] for row in rows))
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
         extra = {"models": ", updated_at = now()", "model_versions": ", removed_at = NULL"}.get(table.name, "")
-        conn.execute(text(
+        written = conn.execute(text(
             f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {stage} "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}{extra}"
-        ))
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}{extra}{_OWNED.get(table.name, '')}"
+        )).rowcount
+        if written != len(rows):
+            raise RowsRefused(f"{len(rows) - written} of the {table.name} rows belong to another model")
     conn.execute(text(
         "UPDATE model_versions SET removed_at = now() "
         "WHERE model_id = ANY(:ids) AND removed_at IS NULL AND NOT (id = ANY(:versions))"
     ), {**ids, "versions": version_ids})
+
+
+def deletions_to_sync(conn: Connection) -> list[int]:
+    """Models whose deletion mark (set by the crawl on a 404 of /models/{id}) the catalogue does not carry yet."""
+    return conn.execute(text(
+        "SELECT m.id FROM models m JOIN models_raw r ON r.id = m.id WHERE r.deleted_at IS DISTINCT FROM m.deleted_at"
+    )).scalars().all()
 
 
 def sync_deletions(conn: Connection) -> int:

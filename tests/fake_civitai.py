@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import re
 import socket
+import string
 import struct
 import threading
 import time
@@ -30,11 +32,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
-__all__ = ["FAULT_KINDS", "Fault", "FakeCivitai", "RequestRecord"]
+__all__ = ["FAULT_KINDS", "ITEM_FAULT_KINDS", "Fault", "FakeCivitai", "RequestRecord"]
 
 FAULT_KINDS: frozenset[str] = frozenset(
     {"429", "429-retry-after", "500", "503", "slow", "truncate", "reset"}
 )
+# Faults of the items a listing page holds (the catalogue must quarantine the bad item and store the rest):
+# 'oversized-value' gives the page's first item a 20 kB incompressible baseModel (too big for a btree index row),
+# 'colliding-version-id' gives it the first version id of the listing's first item, 'renamed-field' renames
+# modelVersions to versions in every item of the page (schema drift). The served items themselves are not changed.
+ITEM_FAULT_KINDS: frozenset[str] = frozenset({"oversized-value", "colliding-version-id", "renamed-field"})
+FAULT_KINDS = FAULT_KINDS | ITEM_FAULT_KINDS
 
 MODELS_PATH = "/api/v1/models"
 _MODEL_RE = re.compile(r"^/api/v1/models/([^/]+)$")
@@ -299,6 +307,23 @@ class FakeCivitai:
             metadata["pageSize"] = size
         return 200, {"items": chunk, "metadata": metadata}, {}
 
+    def item_fault(self, kind: str, body: dict) -> dict:
+        """A listing page's body with its items damaged by an ITEM_FAULT_KINDS fault (see there)."""
+        items = json.loads(json.dumps(body.get("items") or []))  # a copy: the served items stay as they are
+        if kind == "renamed-field":
+            items = [{("versions" if key == "modelVersions" else key): value for key, value in item.items()}
+                     for item in items]
+        elif items and items[0].get("modelVersions"):
+            version = items[0]["modelVersions"][0]
+            if kind == "oversized-value":
+                rng = random.Random(len(items))
+                version["baseModel"] = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(20_000))
+            else:
+                first = next((i for i in self.items if i.get("modelVersions")), None)
+                if first is not None:
+                    version["id"] = first["modelVersions"][0]["id"]
+        return {**body, "items": items}
+
     def _model(self, raw_id: str) -> tuple[int, dict, dict[str, str]]:
         if not raw_id.isdigit():
             raise _BadRequest(f"Expected number for 'id', received {raw_id!r}")
@@ -419,6 +444,8 @@ def _make_handler(fake: FakeCivitai) -> type[BaseHTTPRequestHandler]:
                 status, body, extra = fake.route(self.command, split.path, record.query, split.query)
                 if split.path.rstrip("/") == MODELS_PATH and fake.page_delay > 0:
                     time.sleep(fake.page_delay)
+                if kind in ITEM_FAULT_KINDS and status == 200 and split.path.rstrip("/") == MODELS_PATH:
+                    body = fake.item_fault(kind, body)
             record.status = status
             self._send(status, body, extra, truncate=(kind == "truncate"))
 
