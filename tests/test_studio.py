@@ -415,3 +415,36 @@ def test_an_edit_by_text_searches_each_level_once(counted, world):
     _, sidecar = counted.edit(Image.open(path), "make it look like a watercolor painting", steps=2, seed=1)
     assert sidecar["retrieval"] == {"style": "text", "objects": "text"}
     assert _levels(counted) == {"encode": 1, "level 1": 1, "level 2": 1}
+
+
+def test_a_checkpoint_the_pipelines_cannot_load_is_never_picked_nor_downloaded(world, engine, capsys):
+    """An SDXL checkpoint that would win the prompt is passed over by retrieval, and given by id it is refused
+    before any download."""
+    from embedding.search_index import build_search_index, store_search_index
+
+    studio = world["studio"]
+    retriever = studio.retriever
+    winner = retriever.search(PROMPT, top_k=1, top_checkpoints=1).checkpoints[0]
+
+    def move(family: str, base_model: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE model_versions SET base_model_family = :f, base_model = :b WHERE id = :v"),
+                         {"f": family, "b": base_model, "v": winner.version_id})
+            conn.execute(text("UPDATE embeddings SET base_model_family = :f WHERE version_id = :v"),
+                         {"f": family, "v": winner.version_id})
+            store_search_index(conn, build_search_index(conn, retriever.space, retriever.dimension,
+                                                        retriever.describer_key))
+        retriever.live.refresh()
+
+    move("SDXL", "SDXL 1.0")
+    requests = len(world["files"].requests)
+    try:
+        code, _, stderr = _generate(capsys, world["root"] / "not-sdxl.png")
+        assert code == 0, stderr
+        picked = json.loads(sidecar_path(world["root"] / "not-sdxl.png").read_text())["checkpoint"]
+        assert picked["version_id"] != winner.version_id
+        code, _, stderr = _generate(capsys, world["root"] / "sdxl.png", "--checkpoint", str(winner.version_id))
+        assert code == 2 and "SD1.x" in " ".join(stderr.split())
+        assert not any(str(winner.version_id) in request for request in world["files"].requests[requests:])
+    finally:
+        move("SD1.x", "SD 1.5")

@@ -13,7 +13,7 @@ the user's filters is the base-model family at level 2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -102,8 +102,7 @@ class SearchEngine:
         terms = self._terms(words, "checkpoint")
         pool = _union(self.nearest.top(segment, q, self.pools.similar), self.popular("checkpoint"),
                       self._rare_candidates(terms, segment, "checkpoint"))
-        pool = pool[self._passes(pool, Filters(filters.base_models, (), filters.commercial_use,
-                                                filters.min_downloads))]
+        pool = pool[self._passes(pool, replace(filters, types=()))]
         similarity = self._similarity(pool, q)
         lexical = self._relative_bm25(pool, terms, "checkpoint")
         scores = (similarity + weights.checkpoint_popularity * self._popularity[pool]
@@ -193,6 +192,8 @@ class SearchEngine:
             keep &= (arrays["licence"][rows] & (1 << bit)) != 0 if bit >= 0 else False
         if filters.min_downloads:
             keep &= arrays["downloads"][rows] >= filters.min_downloads
+        if filters.families:
+            keep &= np.isin(arrays["family"][rows], [self.index.code("family", f) for f in filters.families])
         return keep
 
     def _similarity(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ class Filters:
     types: Sequence[str] = ()
     commercial_use: str | None = None  # e.g. 'Image', 'Rent', 'Sell': the licence must allow it
     min_downloads: int = 0
+    families: Sequence[str] = ()  # base-model families (SD1.x, SDXL, ...): e.g. what a pipeline can load
 
 
 @dataclass

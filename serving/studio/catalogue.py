@@ -12,6 +12,7 @@ from db.descriptions import DescriberKey, preferred_descriptions_sql
 from embedding.describe_card import trigger_words_or_trained
 from serving.search.results import Hit
 
+LOADABLE_FAMILIES = ("SD1.x",)  # what serving.studio.pipelines loads (single-file SD 1.x checkpoints)
 LORA_TYPES = ("LORA", "LoCon", "DoRA")
 
 _VERSIONS = f"""
@@ -73,6 +74,9 @@ class Catalogue:
                 raise UnknownVersion(f"version {checkpoint} is not in the zoo (unknown, NSFW, deleted or unlisted)")
             if hit.type != "Checkpoint":
                 raise UnknownVersion(f"version {checkpoint} ({hit.name}) is a {hit.type}, not a checkpoint")
+            if hit.base_model_family not in LOADABLE_FAMILIES:
+                raise StudioError(f"version {checkpoint} ({hit.name}) is a {hit.base_model} checkpoint; the studio "
+                                  f"loads {', '.join(LOADABLE_FAMILIES)} checkpoints only")
         if adapters is None:
             return hit, None
         return hit, [(_given_adapter(found, version), float(weight)) for version, weight in adapters]

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from config import Settings
 from serving.search.results import Hit
-from serving.studio.catalogue import LORA_TYPES, Catalogue, StudioError, UnknownVersion
+from serving.search.results import Filters
+from serving.studio.catalogue import LOADABLE_FAMILIES, LORA_TYPES, Catalogue, StudioError, UnknownVersion
 from serving.studio.composer import Chosen, Composition, compose, render
 from serving.studio.generate import GenerationResult
 from serving.studio.generate import generate as run_generate
@@ -48,6 +49,7 @@ from serving.studio.sidecar import sidecar
 __all__ = ["Studio", "StudioError", "UnknownVersion", "default_studio", "set_default_studio"]
 
 IMAGE_STYLE_KEYWORD = "image style"  # what a style LoRA retrieved from the image serves (the composer keeps it)
+LOADABLE = Filters(families=LOADABLE_FAMILIES)  # retrieval never picks a checkpoint the pipelines cannot load
 NO_CHECKPOINT = "the zoo has no checkpoint {}: run `zoo refresh` (or `zoo demo`) first"
 
 
@@ -203,10 +205,11 @@ class Studio:
         it: one search of both levels, or of the one level still needed."""
         retriever = self.retriever
         if checkpoint is None and want_adapters:
-            result = retriever.search(prompt, top_k=top_k, top_checkpoints=1)
+            result = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
             return _best(result.checkpoints, "for this prompt"), result.adapters
         if checkpoint is None:
-            return _best(retriever.checkpoints(retriever.query_vector(prompt), 1, words=prompt), "for this prompt"), []
+            return _best(retriever.checkpoints(retriever.query_vector(prompt), 1, LOADABLE, words=prompt),
+                         "for this prompt"), []
         if want_adapters:
             return checkpoint, retriever.adapters(retriever.query_vector(prompt), checkpoint, top_k, words=prompt)
         return checkpoint, []
@@ -247,6 +250,24 @@ class Studio:
         embeddings, embedding_hits = self._embeddings(choice.checkpoint, negative_prompt, notes)
         return _Files(checkpoint, loras, embeddings, embedding_hits)
 
+    def _current_files(self, choice: _Choice) -> _Choice:
+        """The choice with each version's primary file as the catalogue has it now: hits come from the search
+        index's generation, and a download must verify against the catalogue's current hash."""
+        chosen = [choice.checkpoint, *(item.adapter for item in choice.composition.adapters)]
+        current = self.catalogue.hits([hit.version_id for hit in chosen])
+        for hit in chosen:
+            if hit.version_id not in current:
+                raise UnknownVersion(f"version {hit.version_id} ({hit.name}) left the zoo after the search index "
+                                     "was built; try again after the next refresh")
+
+        def now(hit: Hit) -> Hit:
+            found = current[hit.version_id]
+            return replace(hit, sha256=found.sha256, file_name=found.file_name, download_url=found.download_url)
+
+        adapters = [replace(item, adapter=now(item.adapter)) for item in choice.composition.adapters]
+        return replace(choice, checkpoint=now(choice.checkpoint),
+                       composition=replace(choice.composition, adapters=adapters))
+
     def _embeddings(self, checkpoint: Hit, negative_prompt: str,
                     notes: list[str]) -> tuple[list[EmbeddingUse], list[Hit]]:
         """The textual inversions the negative prompt names (where Civitai prompts call them: the whole catalogue
@@ -280,7 +301,7 @@ class Studio:
         if not isinstance(prompt, str) or not prompt.strip():
             raise StudioError("the prompt is empty")
         notes: list[str] = []
-        choice = self._choose(prompt, checkpoint_version_id, adapters, top_k, rerank, notes)
+        choice = self._current_files(self._choose(prompt, checkpoint_version_id, adapters, top_k, rerank, notes))
         files = self._prepare(choice, negative_prompt, notes)
         result = run_generate(self.manager, checkpoint_path=files.checkpoint,
                               checkpoint_sha256=choice.checkpoint.sha256.lower(), loras=files.loras,
@@ -304,7 +325,8 @@ class Studio:
         rgb = to_rgb(image)
         parsed = self.parser.parse(instruction)
         notes: list[str] = []
-        choice = self._edit_choice(parsed, parsed.generation_prompt or instruction, rgb, reference, top_k, notes)
+        choice = self._current_files(self._edit_choice(parsed, parsed.generation_prompt or instruction, rgb,
+                                                       reference, top_k, notes))
         region = self._edit_region(parsed, rgb, reference, notes)
         files = self._prepare(choice, negative_prompt, notes)
         outcome = edit_image(self.manager, image=region.init, mode=region.mode, mask=region.mask,
@@ -330,11 +352,11 @@ class Studio:
                          "text of the generation prompt instead of the image")
             source = None
         if source is None:  # one search by text: the checkpoint, and the adapters serve style and objects alike
-            style = retriever.search(prompt, top_k=top_k, top_checkpoints=1)
+            style = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
             checkpoint = _best(style.checkpoints, "to edit with")
             retrieval = {"style": "text", "objects": "text"}
             return _Choice(checkpoint, self._compose(prompt, style.adapters, notes), retrieval)
-        style = retriever.search(None, source, top_k=top_k, top_checkpoints=1)
+        style = retriever.search(None, source, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
         checkpoint = _best(style.checkpoints, "to edit with")
         style_hit = next((hit for hit in style.adapters if hit.kind == "style"), None)  # the image's style LoRA
         objects = retriever.adapters(retriever.query_vector(prompt), checkpoint, top_k, words=prompt)
