@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 from sqlalchemy import Connection, Engine, text
@@ -15,8 +15,17 @@ class CrawlPosition:
     key: str
     next_url: str | None
     pages_done: int
-    seen_ids: set[int] = field(default_factory=set)
+    models_seen: int = 0  # distinct models this crawl has listed (they are kept in crawl_seen_models, not here)
+    stale_pages: int = 0  # pages in a row that listed no model new to this crawl
     resumed: bool = False
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """What storing one page found: how many of its models were new to this crawl."""
+
+    new_models: int
+    stale_pages: int
 
 
 class CrawlBusy(RuntimeError):
@@ -50,46 +59,85 @@ def close_interrupted_runs(conn: Connection, key: str) -> None:
 def start_or_resume(conn: Connection, key: str, params: dict, first_url: str, restart: bool = False) -> CrawlPosition:
     """Resume an unfinished crawl of this listing, or start it afresh (a finished one is crawled again)."""
     row = None if restart else conn.execute(text(
-        "SELECT next_url, pages_done, seen_ids FROM crawl_state WHERE key = :key AND finished_at IS NULL FOR UPDATE"
+        "SELECT next_url, pages_done, stale_pages FROM crawl_state WHERE key = :key AND finished_at IS NULL "
+        "FOR UPDATE"
     ), {"key": key}).first()
     if row is not None and row.next_url:
-        return CrawlPosition(key, row.next_url, row.pages_done, set(row.seen_ids), resumed=True)
+        seen = conn.execute(text("SELECT count(*) FROM crawl_seen_models WHERE key = :key"),
+                            {"key": key}).scalar_one()
+        return CrawlPosition(key, row.next_url, row.pages_done, seen, row.stale_pages, resumed=True)
     conn.execute(text(
         """
-        INSERT INTO crawl_state (key, params, next_url, pages_done, items_seen, seen_ids, started_at, updated_at)
-        VALUES (:key, CAST(:params AS jsonb), :url, 0, 0, '{}', now(), now())
+        INSERT INTO crawl_state (key, params, next_url, pages_done, items_seen, stale_pages, started_at, updated_at)
+        VALUES (:key, CAST(:params AS jsonb), :url, 0, 0, 0, now(), now())
         ON CONFLICT (key) DO UPDATE SET params = EXCLUDED.params, next_url = EXCLUDED.next_url, pages_done = 0,
-            items_seen = 0, seen_ids = '{}', started_at = now(), updated_at = now(), finished_at = NULL
+            items_seen = 0, stale_pages = 0, started_at = now(), updated_at = now(), finished_at = NULL
         """
     ), {"key": key, "params": orjson.dumps(params).decode(), "url": first_url})
+    _forget_seen(conn, key)
     return CrawlPosition(key, first_url, 0)
 
 
-def record_page(conn: Connection, position: CrawlPosition, next_url: str | None, ids: list[int]) -> None:
-    """Advance the cursor; called in the transaction that stored the page's items."""
-    position.seen_ids.update(ids)
-    position.pages_done += 1
+def page_fetched_before(conn: Connection, key: str, url: str) -> int | None:
+    """The number of the page of this crawl that was fetched from `url`, if one was."""
+    return conn.execute(text("SELECT page FROM crawl_seen_pages WHERE key = :key AND url_md5 = md5(:url)"),
+                        {"key": key, "url": url}).scalar_one_or_none()
+
+
+def record_page(conn: Connection, position: CrawlPosition, page_url: str, next_url: str | None,
+                ids: list[int]) -> PageRecord:
+    """Note the page and its models as seen and advance the cursor to `next_url`; called in the transaction that
+    stored the page's items. Returns how many of its models were new to this crawl."""
+    page = position.pages_done + 1
+    new = conn.execute(text(
+        "INSERT INTO crawl_seen_models (key, model_id) SELECT :key, unnest(CAST(:ids AS bigint[])) "
+        "ON CONFLICT DO NOTHING"
+    ), {"key": position.key, "ids": ids}).rowcount if ids else 0
+    conn.execute(text(
+        "INSERT INTO crawl_seen_pages (key, url_md5, page) VALUES (:key, md5(:url), :page) ON CONFLICT DO NOTHING"
+    ), {"key": position.key, "url": page_url, "page": page})
+    position.models_seen += new
+    position.stale_pages = 0 if new else position.stale_pages + 1
+    position.pages_done = page
     position.next_url = next_url
     conn.execute(text(
         """
         UPDATE crawl_state SET next_url = :url, pages_done = :pages, items_seen = items_seen + :n,
-            seen_ids = seen_ids || CAST(:ids AS bigint[]), updated_at = now()
+            stale_pages = :stale, updated_at = now()
         WHERE key = :key
         """
-    ), {"url": next_url, "pages": position.pages_done, "n": len(ids), "ids": ids, "key": position.key})
+    ), {"url": next_url, "pages": page, "n": len(ids), "stale": position.stale_pages, "key": position.key})
+    return PageRecord(new, position.stale_pages)
+
+
+def hold_position(conn: Connection, position: CrawlPosition, url: str) -> None:
+    """Keep (or put back) the saved cursor at `url`, the last page fetched, when the listing goes on into a loop;
+    the pages fetched are forgotten so a resumed crawl follows the cursors from there afresh."""
+    position.next_url = url
+    position.stale_pages = 0
+    conn.execute(text("UPDATE crawl_state SET next_url = :url, stale_pages = 0, updated_at = now() WHERE key = :key"),
+                 {"url": url, "key": position.key})
+    conn.execute(text("DELETE FROM crawl_seen_pages WHERE key = :key"), {"key": position.key})
 
 
 def finish(conn: Connection, key: str) -> None:
     conn.execute(text("UPDATE crawl_state SET next_url = NULL, finished_at = now(), updated_at = now() WHERE key = :key"),
                  {"key": key})
+    _forget_seen(conn, key)
 
 
-def unseen_listed_models(conn: Connection, seen_ids: set[int], types: list[str], base_models: list[str]) -> list[int]:
+def _forget_seen(conn: Connection, key: str) -> None:
+    conn.execute(text("DELETE FROM crawl_seen_models WHERE key = :key"), {"key": key})
+    conn.execute(text("DELETE FROM crawl_seen_pages WHERE key = :key"), {"key": key})
+
+
+def unseen_listed_models(conn: Connection, key: str, types: list[str], base_models: list[str]) -> list[int]:
     """Known, not-deleted models that match the listing's filters but that a complete crawl did not return."""
     return conn.execute(text(
         """
-        SELECT id FROM models_raw
-        WHERE deleted_at IS NULL AND NOT (id = ANY(:seen))
+        SELECT id FROM models_raw r
+        WHERE deleted_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM crawl_seen_models s WHERE s.key = :key AND s.model_id = r.id)
           AND (cardinality(CAST(:types AS text[])) = 0 OR raw->>'type' = ANY(:types))
           AND (cardinality(CAST(:bases AS text[])) = 0 OR EXISTS (
                 SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(raw->'modelVersions')
@@ -97,7 +145,7 @@ def unseen_listed_models(conn: Connection, seen_ids: set[int], types: list[str],
                 WHERE v->>'baseModel' = ANY(:bases)))
         ORDER BY id
         """
-    ), {"seen": list(seen_ids), "types": types, "bases": base_models}).scalars().all()
+    ), {"key": key, "types": types, "bases": base_models}).scalars().all()
 
 
 def mark_deleted(conn: Connection, model_id: int) -> None:

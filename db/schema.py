@@ -208,10 +208,30 @@ class CrawlState(Base):
     next_url: Mapped[str | None] = mapped_column(Text, comment="the page to fetch next; null once finished")
     pages_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     items_seen: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    seen_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), nullable=False, server_default="{}")
+    stale_pages: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0",
+                                             comment="pages in a row that listed no model new to this crawl")
     started_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CrawlSeenModel(Base):
+    """The models the current crawl of a listing has listed so far (for the deletion check after a complete crawl,
+    and to notice pages that bring nothing new); emptied when the crawl starts and when it finishes."""
+
+    __tablename__ = "crawl_seen_models"
+    key: Mapped[str] = mapped_column(ForeignKey("crawl_state.key", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class CrawlSeenPage(Base):
+    """The pages the current crawl of a listing has fetched, by the md5 of their URL: a next page that was fetched
+    before is a cursor cycle."""
+
+    __tablename__ = "crawl_seen_pages"
+    key: Mapped[str] = mapped_column(ForeignKey("crawl_state.key", ondelete="CASCADE"), primary_key=True)
+    url_md5: Mapped[str] = mapped_column(Text, primary_key=True, comment="md5 of the page's URL (its cursor)")
+    page: Mapped[int] = mapped_column(Integer, nullable=False, comment="its number in the crawl, from 1")
 
 
 class CrawlRun(Base):

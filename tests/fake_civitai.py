@@ -32,11 +32,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
-__all__ = ["FAULT_KINDS", "ITEM_FAULT_KINDS", "Fault", "FakeCivitai", "RequestRecord"]
+__all__ = ["FAULT_KINDS", "ITEM_FAULT_KINDS", "LISTING_FAULT_KINDS", "PRIVATE_REDIRECT_TARGET",
+           "TRANSPORT_FAULT_KINDS", "Fault", "FakeCivitai", "RequestRecord"]
 
-FAULT_KINDS: frozenset[str] = frozenset(
+# Faults of the transport: a crawler must survive every one of them and store the same rows.
+TRANSPORT_FAULT_KINDS: frozenset[str] = frozenset(
     {"429", "429-retry-after", "500", "503", "slow", "truncate", "reset"}
 )
+# Faults of the listing itself, which a crawler must notice and fail on rather than loop or call complete:
+# 'cursor-cycle' answers a page's nextCursor with the previous page's cursor (A -> B -> A), 'repeated-cursor'
+# answers the cursor the page was asked with (a page that points at itself). Both apply to listing requests made
+# with a cursor (the first page has none), and to nothing else.
+LISTING_FAULT_KINDS: frozenset[str] = frozenset({"cursor-cycle", "repeated-cursor"})
+# 'redirect-private': any request is answered 302 to PRIVATE_REDIRECT_TARGET (cloud metadata), for SSRF tests.
+PRIVATE_REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/"
+FAULT_KINDS: frozenset[str] = TRANSPORT_FAULT_KINDS | LISTING_FAULT_KINDS | {"redirect-private"}
 # Faults of the items a listing page holds (the catalogue must quarantine the bad item and store the rest):
 # 'oversized-value' gives the page's first item a 20 kB incompressible baseModel (too big for a btree index row),
 # 'colliding-version-id' gives it the first version id of the listing's first item, 'renamed-field' renames
@@ -307,6 +317,26 @@ class FakeCivitai:
             metadata["pageSize"] = size
         return 200, {"items": chunk, "metadata": metadata}, {}
 
+    def listing_fault(self, kind: str, query: dict[str, list[str]], raw_query: str, body: dict) -> dict:
+        """A listing page's body with its next cursor bent by a LISTING_FAULT_KINDS fault (see there)."""
+        cursor = _last(query, "cursor")
+        if not cursor:
+            return body
+        if kind == "repeated-cursor":
+            bent = cursor
+        else:
+            limit = _int_param(query, "limit")
+            size = min(100 if limit is None else limit, self.page_size)
+            offset = _decode_cursor(cursor)
+            if offset < size:
+                return body
+            bent = _encode_cursor(offset - size)
+        params = [(k, v) for k, v in parse_qsl(raw_query, keep_blank_values=True) if k not in ("cursor", "page")]
+        metadata = dict(body.get("metadata") or {})
+        metadata["nextCursor"] = bent
+        metadata["nextPage"] = f"{self.base_url}{MODELS_PATH}?{urlencode([*params, ('cursor', bent)])}"
+        return {**body, "metadata": metadata}
+
     def item_fault(self, kind: str, body: dict) -> dict:
         """A listing page's body with its items damaged by an ITEM_FAULT_KINDS fault (see there)."""
         items = json.loads(json.dumps(body.get("items") or []))  # a copy: the served items stay as they are
@@ -440,10 +470,14 @@ def _make_handler(fake: FakeCivitai) -> type[BaseHTTPRequestHandler]:
                 time.sleep(fault.seconds)
             if kind in _FAULT_RESPONSES:
                 status, body, extra = _FAULT_RESPONSES[kind]
+            elif kind == "redirect-private":
+                status, body, extra = 302, {"error": "Moved"}, {"Location": PRIVATE_REDIRECT_TARGET}
             else:
                 status, body, extra = fake.route(self.command, split.path, record.query, split.query)
                 if split.path.rstrip("/") == MODELS_PATH and fake.page_delay > 0:
                     time.sleep(fake.page_delay)
+                if kind in LISTING_FAULT_KINDS and status == 200 and split.path.rstrip("/") == MODELS_PATH:
+                    body = fake.listing_fault(kind, record.query, split.query, body)
                 if kind in ITEM_FAULT_KINDS and status == 200 and split.path.rstrip("/") == MODELS_PATH:
                     body = fake.item_fault(kind, body)
             record.status = status

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 from crawlers.catalogue import normalise_pending
 from crawlers.civitai_client import CivitaiClient, CivitaiError, CivitaiNotFound
 from crawlers.crawl import crawl_listing
-from fake_civitai import FAULT_KINDS, Fault, FakeCivitai
+from fake_civitai import TRANSPORT_FAULT_KINDS, Fault, FakeCivitai
 from helpers import read_jsonl, truncate_all
 
 MODELS_PATH = "/api/v1/models"
@@ -91,7 +91,8 @@ def served_model_ids(engine: Engine) -> set[int]:
 
 def test_crawl_under_faults_and_repeats_stores_exactly_the_fixture_set(db: Engine) -> None:
     items = fixture_items()
-    faults = [Fault(kind, seconds=2.0 if kind == "slow" else 0.0) for kind in sorted(FAULT_KINDS) for _ in range(3)]
+    faults = [Fault(kind, seconds=2.0 if kind == "slow" else 0.0)
+              for kind in sorted(TRANSPORT_FAULT_KINDS) for _ in range(3)]
     random.Random(7).shuffle(faults)
     with FakeCivitai(items, page_size=3, repeat_item_across_pages=True) as fake:
         # Faults are fed a few per page so no single request exhausts max_retries (8 retries = 9 attempts).
