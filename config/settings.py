@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from config.allow_list import parse_allow_list
+
 
 class SettingsError(ValueError):
     """A setting has a value the project cannot use; the message names the variable and what is expected."""
@@ -48,6 +50,7 @@ class Settings:
     civitai_requests_per_second: float = 1.0
     civitai_timeout_seconds: float = 30.0
     civitai_max_retries: int = 8
+    fetch_allow_hosts: tuple[str, ...] = ()  # ZOO_FETCH_ALLOW_HOSTS (config.allow_list)
     preset: str = "lite"
     describer: str = "card-text"
     text_encoder: str = "minilm"
@@ -80,6 +83,11 @@ class Settings:
             raise SettingsError(f"CIVITAI_BASE_URL must be an http(s) site root such as https://civitai.com, got {base_url!r}")
         if base_url.endswith("/api/v1"):
             raise SettingsError("CIVITAI_BASE_URL is the site root; the client appends /api/v1 itself")
+        try:
+            allow_hosts = tuple(entry.text for entry in parse_allow_list(env.get("ZOO_FETCH_ALLOW_HOSTS")))
+        except ValueError as error:
+            raise SettingsError(f"ZOO_FETCH_ALLOW_HOSTS: {error} (comma-separated host[:port], IP[:port] or "
+                                "CIDR entries)") from None
         preset = env.get("ZOO_PRESET", "lite")
         if preset not in PRESETS:
             raise SettingsError(f"ZOO_PRESET={preset!r}: choose one of {', '.join(PRESETS)}")
@@ -102,6 +110,7 @@ class Settings:
             civitai_requests_per_second=_float(env, "CIVITAI_RATE_LIMIT", 1.0, 0.001),
             civitai_timeout_seconds=_float(env, "CIVITAI_TIMEOUT", 30.0, 0.1),
             civitai_max_retries=int(retries),
+            fetch_allow_hosts=allow_hosts,
             preset=preset,
             clip_model=env.get("ZOO_CLIP_MODEL") or "ViT-L-14",
             clip_pretrained=env.get("ZOO_CLIP_PRETRAINED") or "openai",

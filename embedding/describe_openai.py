@@ -6,6 +6,10 @@ shared HTTP policy, Retry-After honoured); a reply that holds no usable JSON is 
 still fails gets its card-text description, so a batch never fails for one card. Wrong credentials, an unknown
 endpoint or model fail every card alike, so they raise DescriberError instead. The API key is sent as a Bearer
 token and never logged or shown in repr().
+
+Example image URLs come from Civitai data: the endpoint is handed one only after the same check the image fetcher
+makes (crawlers.url_guard: its host resolves to public addresses, or is on ZOO_FETCH_ALLOW_HOSTS), or, with
+`inline_images`, only the bytes the fetcher fetched under that check, as data: URIs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from crawlers.url_guard import UrlGuard
 from embedding.chat import ChatClient, ChatError, ask_json, is_http_url
 from embedding.describe_card import safe_describe_card
 from embedding.describe_prompt import LLM_PROMPT_VERSION, SYSTEM_PROMPT, card_prompt, repair
@@ -49,6 +54,7 @@ class OpenAICompatibleDescriber:
         max_images: int = 0,
         inline_images: bool = False,
         image_fetcher: ImageFetcher | None = None,
+        url_guard: UrlGuard | None = None,
         json_mode: bool = True,
         temperature: float = 0.0,
         max_tokens: int = 400,
@@ -59,7 +65,8 @@ class OpenAICompatibleDescriber:
 
         `max_images` example images go with each card as image_url parts (0: text only, for text models); with
         `inline_images` they are fetched here through `image_fetcher` and sent as data: URIs (for servers that
-        cannot reach the web).
+        cannot reach the web). Image URLs pass `url_guard` first (default: the fetcher's guard, else one with no
+        allow-list).
         After `max_consecutive_failures` cards in a row exhausted their retries, the rest of the batch falls back
         to card text without waiting on a server that is down.
         """
@@ -81,6 +88,7 @@ class OpenAICompatibleDescriber:
         if inline_images and image_fetcher is None:
             raise ValueError("inline_images needs an image_fetcher to fetch the images with")
         self.image_fetcher = image_fetcher
+        self.url_guard = url_guard or (image_fetcher.guard if image_fetcher is not None else UrlGuard())
         self.invalid_reply_retries = invalid_reply_retries
         self.max_consecutive_failures = max_consecutive_failures
         self._lock = threading.Lock()
@@ -152,6 +160,9 @@ class OpenAICompatibleDescriber:
             if len(parts) == self.max_images:
                 break
             if not is_http_url(url):
+                continue
+            if not self.inline_images and not self.url_guard.allows(url):
+                log.debug("describer %s: example image %s not handed on (refused or unresolvable)", self.name, url)
                 continue
             if self.inline_images:
                 image = load_image(url, fetcher=self.image_fetcher)  # its caps and disk cache

@@ -1,9 +1,12 @@
 """Fetch example images from the web for embedding, safely: bounded in bytes, pixels and time, cached on disk.
 
-Example images come from URLs in crawled JSON, so every one is treated as hostile: only http(s) by default, the
-body is streamed and cut off past a byte cap whatever Content-Length says, the decoded size is checked against a
-pixel cap before any pixel is decoded, and every failure becomes an error string (never an exception) so the
-embedding job counts skipped images instead of dying on one bad URL.
+Example images come from URLs in crawled JSON, so every one is treated as hostile: only http(s) by default; the
+host is resolved once and refused when it is not public (loopback, private, link-local, reserved, ...; see
+crawlers.url_guard) unless ZOO_FETCH_ALLOW_HOSTS allows it, and the connection goes to the address checked (no
+second lookup to rebind); redirects are followed by hand, each hop checked the same way; the body is streamed and
+cut off past a byte cap whatever Content-Length says, the decoded size is checked against a pixel cap before any
+pixel is decoded, and every failure becomes an error string (never an exception) so the embedding job counts skipped
+images instead of dying on one bad URL.
 """
 
 from __future__ import annotations
@@ -20,13 +23,23 @@ import urllib.request
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from PIL import Image, ImageOps
+
+from crawlers.url_guard import (
+    Connect,
+    PinnedPools,
+    RefusedURL,
+    Resolver,
+    Target,
+    UnresolvableHost,
+    UrlGuard,
+    system_connect,
+    system_resolver,
+)
 
 # Formats the web serves images in. Pillow would otherwise try every plugin it has, including EPS (which runs
 # Ghostscript) and rarely exercised parsers; a catalogue of example images never needs them.
@@ -34,6 +47,8 @@ WEB_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP")
 # Schemes urllib can read besides http(s); a caller may allow them explicitly (local mirrors, tests).
 _URLLIB_SCHEMES = frozenset({"file", "ftp", "data"})
 _CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "zoo-image-fetch/0.1"
 _WIDTH = re.compile(r"(?<=[/,])width=\d+(?=[,/])")
 log = logging.getLogger(__name__)
 
@@ -47,12 +62,23 @@ class FetchResult:
     from_cache: bool = False
 
 
-def _abort_read(response: requests.Response) -> None:
+def _abort_read(response: urllib3.BaseHTTPResponse) -> None:
     """On the watchdog thread: shutting the socket wakes a read blocked on a slow server. The response may have
     finished and released its connection meanwhile, in which case there is nothing to abort."""
     try:
-        response.raw.shutdown()
+        response.shutdown()
     except (ValueError, RuntimeError, OSError, AttributeError):
+        pass
+
+
+def _close(response: urllib3.BaseHTTPResponse) -> None:
+    """A response read to its end goes back to its pool; one left unread (refused, capped, redirected) is closed, so
+    no connection with half a body in it is reused."""
+    try:
+        if not response.closed:  # read to its end, it was released already
+            response.close()
+        response.release_conn()
+    except (OSError, urllib3.exceptions.HTTPError):
         pass
 
 
@@ -83,10 +109,19 @@ class ImageFetcher:
         timeout: float = 10,
         max_bytes: int = 20_000_000,
         max_pixels: int = 40_000_000,
-        session: requests.Session | None = None,
         allowed_schemes: Collection[str] = ("http", "https"),
+        allow_hosts: Iterable[str] | str = (),
+        max_redirects: int = 5,
+        resolver: Resolver = system_resolver,
+        connect: Connect = system_connect,
+        ca_certs: str | None = None,
     ) -> None:
-        """`timeout` bounds each fetch as a whole (connect, every read, and the total), not just one socket read."""
+        """`timeout` bounds each fetch as a whole (connect, every read, and the total), not just one socket read.
+
+        `allow_hosts` are the ZOO_FETCH_ALLOW_HOSTS entries (Settings.fetch_allow_hosts): non-public hosts that may
+        be fetched. `resolver` (host, port -> addresses) and `connect` ((address, port), timeout -> socket) are the
+        one name lookup and the socket opening of a fetch; tests replace them. `ca_certs` is a CA bundle for https
+        (default certifi's)."""
         if timeout <= 0 or max_bytes < 1 or max_pixels < 1:
             raise ValueError("timeout, max_bytes and max_pixels must be positive")
         unknown = set(allowed_schemes) - {"http", "https"} - _URLLIB_SCHEMES
@@ -98,19 +133,13 @@ class ImageFetcher:
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
         self.allowed_schemes = frozenset(allowed_schemes)
-        self.session = session or self._new_session()
+        self.max_redirects = int(max_redirects)
+        self.guard = UrlGuard(allow_hosts, resolver)
+        # No cookies and no session state: fetches stay independent of each other (and of other threads).
+        self._pools = PinnedPools(connect, ca_certs=ca_certs, maxsize=32)
 
-    @staticmethod
-    def _new_session() -> requests.Session:
-        """Few redirects, and no cookies: fetches stay independent of each other (and of other threads)."""
-        session = requests.Session()
-        session.max_redirects = 5
-        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        session.headers["User-Agent"] = "zoo-image-fetch/0.1"
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+    def __repr__(self) -> str:
+        return f"ImageFetcher({str(self.cache_dir)!r}, {self.guard!r})"
 
     def cache_path(self, url: str) -> Path:
         digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
@@ -170,7 +199,8 @@ class ImageFetcher:
                 Path(tmp).unlink(missing_ok=True)
 
     def _check_url(self, url: str) -> None:
-        """Checked before the cache too, so a fetcher that forbids a scheme never serves it from a shared cache."""
+        """Checked before the cache too, so a fetcher that forbids a scheme (or an address given literally) never
+        serves it from a shared cache. Names are resolved only when the network is used: a cache hit needs no DNS."""
         try:
             scheme = urlsplit(url).scheme.lower() if isinstance(url, str) and url else None
         except ValueError:  # e.g. an unclosed IPv6 bracket
@@ -179,6 +209,11 @@ class ImageFetcher:
             raise _Rejected(f"not a URL: {url!r}")
         if scheme not in self.allowed_schemes:
             raise _Rejected(f"scheme {scheme or '(none)'!r} not allowed (allowed: {', '.join(sorted(self.allowed_schemes))})")
+        if scheme in ("http", "https"):
+            try:
+                self.guard.check_without_lookup(url)
+            except RefusedURL as refused:
+                raise _Rejected(str(refused)) from None
 
     def _download(self, url: str) -> bytes:
         deadline = time.monotonic() + self.timeout
@@ -187,28 +222,61 @@ class ImageFetcher:
         return self._download_urllib(url, deadline)
 
     def _download_http(self, url: str, deadline: float) -> bytes:
+        """Follow redirects by hand, each hop checked by the guard and connected to the address it checked."""
+        for hop in range(self.max_redirects + 1):
+            try:
+                target = self.guard.check(url)
+            except RefusedURL as refused:
+                raise _Rejected(f"redirect to {url} {refused}" if hop else str(refused)) from None
+            except UnresolvableHost as error:
+                raise _Rejected(f"download failed: {error}") from None
+            response = self._get(target, deadline)
+            try:
+                if response.status in _REDIRECTS:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise _Rejected(f"HTTP {response.status} redirect without a Location")
+                    url = urljoin(url, location)
+                    scheme = urlsplit(url).scheme.lower()
+                    if scheme not in ("http", "https"):
+                        raise _Rejected(f"redirect to a {scheme or 'relative'}: URL refused (only http and https)")
+                    continue
+                return self._body(response, deadline)
+            finally:
+                _close(response)
+        raise _Rejected(f"too many redirects (more than {self.max_redirects})")
+
+    def _get(self, target: Target, deadline: float) -> urllib3.BaseHTTPResponse:
+        remaining = max(0.001, deadline - time.monotonic())
+        headers = {"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.8", "Accept-Encoding": "identity"}
         try:
-            with self.session.get(url, stream=True, timeout=(self.timeout, self.timeout)) as response:
-                if not 200 <= response.status_code < 300:
-                    raise _Rejected(f"HTTP {response.status_code}")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > self.max_bytes:
-                    raise _Rejected(f"too large: Content-Length {declared} > {self.max_bytes} bytes")
-                # A socket timeout restarts with every byte, so a trickling server would outlive it; the watchdog
-                # enforces the deadline on the whole body.
-                watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort_read, args=(response,))
-                watchdog.daemon = True
-                watchdog.start()
-                try:
-                    return self._read_capped(response.iter_content(_CHUNK), deadline)
-                finally:
-                    watchdog.cancel()
-        except requests.Timeout:
+            return self._pools.get(target, headers, urllib3.Timeout(connect=remaining, read=self.timeout))
+        except urllib3.exceptions.TimeoutError:
             raise _Rejected(f"timed out after {self.timeout:g} s") from None
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Rejected(f"download failed: {type(exc).__name__}: {exc}") from None
+
+    def _body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        if not 200 <= response.status < 300:
+            raise _Rejected(f"HTTP {response.status}")
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise _Rejected(f"too large: Content-Length {declared} > {self.max_bytes} bytes")
+        # A socket timeout restarts with every byte, so a trickling server would outlive it; the watchdog enforces
+        # the deadline on the whole body.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort_read, args=(response,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._read_capped(response.stream(_CHUNK, decode_content=False), deadline)
+        except urllib3.exceptions.TimeoutError:
+            raise _Rejected(f"timed out after {self.timeout:g} s") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             if time.monotonic() > deadline:
                 raise _Rejected(f"timed out after {self.timeout:g} s") from None
             raise _Rejected(f"download failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            watchdog.cancel()
 
     def _download_urllib(self, url: str, deadline: float) -> bytes:
         try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
 
 from config import Settings
+from crawlers.url_guard import UrlGuard
 from embedding.describers import Describer, make_describer
 from embedding.encoders import ImageEncoder, TextEncoder, make_encoders
 from embedding.example_images import load_image
@@ -28,7 +29,7 @@ class ModelChoice:
     clip_pretrained: str
     describer_base_url: str | None
     describer_model: str | None
-    describer_api_key: str | None
+    describer_api_key: str | None = field(repr=False)  # a secret: never in a repr or a log line
     vlm_model: str
     cache_dir: str
     images_dir: str
@@ -42,13 +43,15 @@ class ModelChoice:
 
 
 @lru_cache(maxsize=4)
-def build_describer(choice: ModelChoice) -> Describer:
+def build_describer(choice: ModelChoice, allow_hosts: tuple[str, ...] = ()) -> Describer:
+    """The preset's describer; `allow_hosts` (Settings.fetch_allow_hosts) are the non-public hosts its example
+    images may come from."""
     if choice.describer == "openai":
         return make_describer("openai", base_url=choice.describer_base_url, model=choice.describer_model,
-                              api_key=choice.describer_api_key)
+                              api_key=choice.describer_api_key, url_guard=UrlGuard(allow_hosts))
     if choice.describer == "vlm":
         return make_describer("vlm", model=choice.vlm_model,
-                              image_loader=partial(load_image, fetcher=build_image_fetcher(choice)))
+                              image_loader=partial(load_image, fetcher=build_image_fetcher(choice, allow_hosts)))
     return make_describer("card-text")
 
 
@@ -80,6 +83,7 @@ def build_query_encoders(choice: ModelChoice) -> tuple[TextEncoder, ImageEncoder
 
 
 @lru_cache(maxsize=4)
-def build_image_fetcher(choice: ModelChoice) -> ImageFetcher:
-    """The process's image fetcher (one disk cache and connection pool for the describer and the encoder)."""
-    return ImageFetcher(Path(choice.images_dir))
+def build_image_fetcher(choice: ModelChoice, allow_hosts: tuple[str, ...] = ()) -> ImageFetcher:
+    """The process's image fetcher (one disk cache and connection pool for the describer and the encoder);
+    `allow_hosts` (Settings.fetch_allow_hosts) are the non-public hosts it may fetch from."""
+    return ImageFetcher(Path(choice.images_dir), allow_hosts=allow_hosts)

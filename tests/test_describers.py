@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from config import Settings
 from embedding.describe_card import (
     CardTextDescriber,
     card_sentences,
@@ -38,7 +40,11 @@ from embedding.describers import (
     TransformersVLMDescriber,
     make_describer,
 )
+from crawlers.url_guard import UrlGuard
 from embedding.example_images import load_image
+
+# The card's example images live on img.example, resolved (without DNS) to a public address.
+PUBLIC_IMAGES = UrlGuard(resolver=lambda host, port: {"img.example": ["93.184.216.34"]}[host])
 
 
 def card(**overrides: Any) -> AdapterCard:
@@ -363,6 +369,8 @@ class FakeOpenAI:
 
 def openai(fake: FakeOpenAI, **options: Any) -> OpenAICompatibleDescriber:
     defaults = dict(model="tiny-chat", base_url=fake.base_url, backoff=0.01, max_backoff=0.05, timeout=5.0)
+    if not options.get("image_fetcher"):
+        defaults["url_guard"] = PUBLIC_IMAGES
     return OpenAICompatibleDescriber(**{**defaults, **options})
 
 
@@ -522,7 +530,10 @@ def test_openai_inline_images_are_fetched_capped_and_sent_as_data_uris(tmp_path:
     with FakeOpenAI(lambda seen: good_reply(), files=files) as fake:
         urls = (f"{fake.root}/files/junk.png", "file:///etc/passwd", f"{fake.root}/files/good.png",
                 f"{fake.root}/files/good.png", f"{fake.root}/files/good.png")
-        openai(fake, max_images=2, inline_images=True, image_fetcher=ImageFetcher(tmp_path / "images")).describe(
+        # The fake's files are on loopback: let through by the allow-list setting, as a private mirror would be.
+        fetcher = ImageFetcher(tmp_path / "images", allow_hosts=Settings.from_env(
+            {"ZOO_FETCH_ALLOW_HOSTS": fake.root.removeprefix("http://")}).fetch_allow_hosts)
+        openai(fake, max_images=2, inline_images=True, image_fetcher=fetcher).describe(
             [card(example_image_urls=urls)])
     parts = fake.seen[0].body["messages"][1]["content"][1:]
     assert len(parts) == 2 and all(p["image_url"]["url"].startswith("data:image/jpeg;base64,") for p in parts)
@@ -535,8 +546,8 @@ def test_load_image_goes_through_the_given_fetcher_and_shrinks_to_max_side(tmp_p
 
     buffer = io.BytesIO()
     Image.new("RGB", (2000, 1000), "red").save(buffer, format="PNG")
-    fetcher = ImageFetcher(tmp_path / "images")
     with FakeOpenAI(lambda seen: good_reply(), files={"big.png": buffer.getvalue()}) as fake:
+        fetcher = ImageFetcher(tmp_path / "images", allow_hosts=[fake.root.removeprefix("http://")])
         url = f"{fake.root}/files/big.png"
         image = load_image(url, max_side=300, fetcher=fetcher)
         assert load_image(f"{fake.root}/files/missing.png", fetcher=fetcher) is None
@@ -544,6 +555,40 @@ def test_load_image_goes_through_the_given_fetcher_and_shrinks_to_max_side(tmp_p
     assert fetcher.cache_path(url).read_bytes() == buffer.getvalue()  # the given fetcher cached it
     again = load_image(url, max_side=100, fetcher=fetcher)  # the server is gone: only that cache has it
     assert again is not None and again.size == (100, 50)
+
+
+def test_openai_is_handed_only_image_urls_that_pass_the_fetch_check() -> None:
+    """URLs from Civitai data reach the endpoint (which fetches them itself) only after the image fetcher's check:
+    no loopback, private or link-local address, whether given literally or behind a name."""
+    names = {"img.example": ["93.184.216.34"], "metadata.test": ["169.254.169.254"], "intranet.test": ["10.0.0.1"]}
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return names[host]
+
+    guard = UrlGuard(resolver=resolve)
+    urls = ("http://169.254.169.254/latest/meta-data/", "http://metadata.test/x.png", "http://[::ffff:127.0.0.1]/a",
+            "http://intranet.test/x.png", "http://unknown.test/x.png", "https://img.example/1.png")
+    with FakeOpenAI(lambda seen: good_reply()) as fake:
+        openai(fake, max_images=3, url_guard=guard).describe([card(example_image_urls=urls)])
+        allowed = UrlGuard(["intranet.test"], resolver=resolve)
+        openai(fake, max_images=3, url_guard=allowed).describe([card(example_image_urls=urls)])
+    sent = [[part["image_url"]["url"] for part in seen.body["messages"][1]["content"][1:]] for seen in fake.seen]
+    assert sent == [["https://img.example/1.png"], ["http://intranet.test/x.png", "https://img.example/1.png"]]
+
+
+def test_openai_describer_built_from_settings_checks_urls_with_the_allow_list(tmp_path: Path) -> None:
+    from embedding.presets import ModelChoice, build_describer
+
+    settings = Settings.from_env({"ZOO_HOME": str(tmp_path), "ZOO_DESCRIBER": "openai",
+                                  "ZOO_DESCRIBER_BASE_URL": "http://127.0.0.1:9/v1", "ZOO_DESCRIBER_MODEL": "m",
+                                  "ZOO_DESCRIBER_API_KEY": "sk-very-secret", "ZOO_FETCH_ALLOW_HOSTS": "mirror.local"})
+    choice = ModelChoice.from_settings(settings)
+    assert "sk-very-secret" not in repr(choice) and "sk-very-secret" not in str(choice)
+    describer = build_describer(choice, settings.fetch_allow_hosts)
+    assert describer.url_guard.allow_texts == ("mirror.local",)
+    assert not describer.url_guard.allows("http://127.0.0.1/x.png")
 
 
 def test_hostile_card_reaches_the_server_as_clean_data() -> None:
