@@ -65,6 +65,9 @@ class Settings:
     sam_checkpoint: str | None = None
     sam_model_type: str = "vit_h"
     shards: int = 2
+    lock_wait_seconds: float = 600.0
+    max_removed_share: float = 0.05
+    max_removed_floor: int = 20
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -102,6 +105,13 @@ class Settings:
         retries = env.get("CIVITAI_MAX_RETRIES", "8")
         if not retries.isdigit():
             raise SettingsError(f"CIVITAI_MAX_RETRIES={retries!r} must be a whole number")
+        removed_floor = env.get("ZOO_MAX_REMOVED_FLOOR") or "20"
+        if not removed_floor.isdigit():
+            raise SettingsError(f"ZOO_MAX_REMOVED_FLOOR={removed_floor!r} must be a whole number")
+        removed_share = _float(env, "ZOO_MAX_REMOVED_SHARE", 0.05, 0.0)
+        if removed_share > 1:
+            raise SettingsError(f"ZOO_MAX_REMOVED_SHARE={removed_share!r} is a share of the served versions: "
+                                "at most 1")
         return cls(
             zoo_home=home,
             database_url=database_url,
@@ -120,6 +130,9 @@ class Settings:
             vlm_model=env.get("ZOO_VLM_MODEL") or "Qwen/Qwen2.5-VL-3B-Instruct",
             hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 100, 1)),
             shards=int(_float(env, "ZOO_SHARDS", 2, 1)),
+            lock_wait_seconds=_float(env, "ZOO_LOCK_WAIT_SECONDS", 600.0, 0.0),
+            max_removed_share=removed_share,
+            max_removed_floor=int(removed_floor),
             sam_checkpoint=env.get("ZOO_SAM_CHECKPOINT") or None,
             sam_model_type=env.get("ZOO_SAM_MODEL_TYPE") or "vit_h",
             **chosen,

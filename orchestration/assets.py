@@ -5,14 +5,15 @@ import logging
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 
-from crawlers.catalogue import normalise_pending
+from crawlers.catalogue import TooManyWithdrawals, normalise_pending
 from crawlers.crawl import crawl_listing
 from crawlers.dump import ingest_dump
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES, SERVED_TYPES, types_by_role
+from db import locks
 from db.links import rebuild_links, resolve_image_resources
 from db.summary import table_counts
 from orchestration.metadata import AssetReport
-from orchestration.resources import CivitaiResource, DatabaseResource
+from orchestration.resources import CivitaiResource, DatabaseResource, RunRefused
 
 progress = logging.getLogger("zoo.progress")
 CATALOGUE_GROUP = "catalogue"
@@ -38,7 +39,15 @@ class CatalogueConfig(Config):
 def civitai_models_raw(context: AssetExecutionContext, config: CrawlConfig, database: DatabaseResource,
                        civitai: CivitaiResource) -> MaterializeResult:
     report = AssetReport()
-    engine = database.engine()
+    with database.lock(locks.RAW, holder="zoo civitai_models_raw") as engine:
+        ingested, source = _ingest(engine, config, civitai)
+    context.log.info(f"{source}: {ingested.as_dict()}")
+    report.add(ingested, source=source)
+    return report.result(models_per_second="items_received")
+
+
+def _ingest(engine, config: CrawlConfig, civitai: CivitaiResource):
+    """Store the dump's or the listing's items raw; returns the ingest report and where the items came from."""
     if config.dump_path:
         ingested = ingest_dump(engine, config.dump_path,
                                on_batch=lambda n: progress.info("dump: %d items read", n))
@@ -53,20 +62,25 @@ def civitai_models_raw(context: AssetExecutionContext, config: CrawlConfig, data
         finally:
             client.close()
         source = client.base_url
-    context.log.info(f"{source}: {ingested.as_dict()}")
-    report.add(ingested, source=source)
-    return report.result(models_per_second="items_received")
+    return ingested, source
 
 
 @asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[civitai_models_raw],
        description="Normalised models, versions, files (all hashes), images and image references; NSFW decided.")
 def zoo_catalogue(context: AssetExecutionContext, config: CatalogueConfig, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
-    engine = database.engine()
-    report.add(normalise_pending(engine, workers=config.workers,
-                                 progress=lambda done, total: progress.info("catalogue: %d/%d models", done, total)))
-    with engine.connect() as conn:
-        report.add(**{f"rows_{table}": n for table, n in table_counts(conn).items()})
+    with database.lock(locks.CATALOGUE, holder="zoo zoo_catalogue") as engine:
+        try:
+            report.add(normalise_pending(
+                engine, workers=config.workers, limit=database.withdrawal_limit(),
+                progress=lambda done, total: progress.info("catalogue: %d/%d models", done, total)))
+        except TooManyWithdrawals as error:
+            raise RunRefused(
+                f"{error}. If Civitai really removed them, run this refresh again with ZOO_MAX_REMOVED_SHARE=1 (for "
+                "this run only); if not, Civitai's answers may have changed shape: see the quarantine table and "
+                "models_raw.") from None
+        with engine.connect() as conn:
+            report.add(**{f"rows_{table}": n for table, n in table_counts(conn).items()})
     return report.result()
 
 
@@ -74,7 +88,8 @@ def zoo_catalogue(context: AssetExecutionContext, config: CatalogueConfig, datab
        description="What each example image names, resolved to model versions (version id, any hash, file name).")
 def image_resources(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
-    counts = resolve_image_resources(database.engine(), types_by_role())
+    with database.lock(locks.CATALOGUE, holder="zoo image_resources") as engine:
+        counts = resolve_image_resources(engine, types_by_role())
     report.add(counts, skipped=counts is None)
     progress.info("image resources: %s", "unchanged" if counts is None else vars(counts))
     return report.result()
@@ -84,7 +99,8 @@ def image_resources(context: AssetExecutionContext, database: DatabaseResource) 
        description="Adapter -> checkpoint co-usage (images, SFW images, average weight) and family compatibility.")
 def adapter_checkpoint_links(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
-    counts = rebuild_links(database.engine(), ADAPTER_TYPES, CHECKPOINT_TYPES)
+    with database.lock(locks.CATALOGUE, holder="zoo adapter_checkpoint_links") as engine:
+        counts = rebuild_links(engine, ADAPTER_TYPES, CHECKPOINT_TYPES)
     report.add(counts, skipped=counts is None)
     progress.info("links: %s", "unchanged" if counts is None else vars(counts))
     return report.result()

@@ -1,6 +1,8 @@
 """Describe, embed and index: describe and embed are partitioned by shard of served versions (version_id % shards),
 so shards run in parallel processes; the index is built once over all of them."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from dagster import (
@@ -11,8 +13,9 @@ from dagster import (
     StaticPartitionsDefinition,
     asset,
 )
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
+from db import locks
 from db.lexicon import rebuild_lexicon
 from db.vectors import delete_unserved, ensure_hnsw_indexes, sync_families
 from embedding.refresh import describe_pending, describer_key, embed_pending, space_dimension, space_name
@@ -40,8 +43,9 @@ def sharded_assets(shards: int) -> list[AssetsDefinition]:
                              models: ModelsResource) -> MaterializeResult:
         report = AssetReport()
         describer = models.load_describer()
-        report.add(describe_pending(database.engine(), describer, int(context.partition_key), shards),
-                   describer=describer.name, prompt_version=describer.prompt_version)
+        with shard_locks(database, "adapter_descriptions", int(context.partition_key), shards) as engine:
+            report.add(describe_pending(engine, describer, int(context.partition_key), shards),
+                       describer=describer.name, prompt_version=describer.prompt_version)
         return report.result()
 
     @sharded_asset(kinds={"pytorch", "postgres"}, deps=[adapter_descriptions],
@@ -51,13 +55,24 @@ def sharded_assets(shards: int) -> list[AssetsDefinition]:
         report = AssetReport()
         text_encoder, image_encoder = models.encoders()
         fetcher = models.image_fetcher() if image_encoder else None
-        report.add(embed_pending(
-            database.engine(), models.load_describer(), text_encoder, image_encoder,
-            fetch_images=(lambda urls: [r.image for r in fetcher.fetch_many(urls)]) if fetcher else None,
-            shard=int(context.partition_key), shards=shards), space=space_name(text_encoder, image_encoder))
+        with shard_locks(database, "zoo_embeddings", int(context.partition_key), shards) as engine:
+            report.add(embed_pending(
+                engine, models.load_describer(), text_encoder, image_encoder,
+                fetch_images=(lambda urls: [r.image for r in fetcher.fetch_many(urls)]) if fetcher else None,
+                shard=int(context.partition_key), shards=shards), space=space_name(text_encoder, image_encoder))
         return report.result()
 
     return [adapter_descriptions, zoo_embeddings]
+
+
+@contextmanager
+def shard_locks(database: DatabaseResource, step: str, shard: int, shards: int) -> Iterator[Engine]:
+    """The index lock shared (the shards of a run work side by side; the index step waits for all of them) and
+    the shard's own lock (two runs never describe or embed the same versions at once)."""
+    holder = f"zoo {step}[{shard}]"
+    with database.lock(locks.INDEX, shared=True, holder=holder), \
+            database.lock(locks.shard_lock(shard, shards), holder=holder) as engine:
+        yield engine
 
 
 @asset(group_name=RETRIEVAL_GROUP, kinds={"postgres"}, automation_condition=FOLLOW_UPSTREAM,
@@ -67,8 +82,12 @@ def sharded_assets(shards: int) -> list[AssetsDefinition]:
                    "no-longer-served versions removed.")
 def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
                     models: ModelsResource) -> MaterializeResult:
+    with database.lock(locks.INDEX, holder="zoo retrieval_index") as engine:
+        return _build_index(engine, models)
+
+
+def _build_index(engine: Engine, models: ModelsResource) -> MaterializeResult:
     report = AssetReport()
-    engine = database.engine()
     text_encoder, image_encoder = models.encoders()
     space, dimension = space_name(text_encoder, image_encoder), space_dimension(text_encoder, image_encoder)
     with engine.begin() as conn:
