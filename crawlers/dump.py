@@ -61,9 +61,9 @@ def ingest_dump(engine: Engine, path: Path, on_batch: Callable[[int], None] | No
             except orjson.JSONDecodeError as error:
                 report.items_received += 1
                 with engine.begin() as conn:
-                    report.quarantined += quarantine(
+                    report.count_quarantined(quarantine(
                         conn, stage="crawl", source=source, error=f"line {line_number}: not JSON: {error}",
-                        payload_text=line.decode("utf-8", "replace"))
+                        payload_text=line.decode("utf-8", "replace")))
                 continue
             if len(batch) >= BATCH_SIZE:
                 _flush(engine, batch, batch_shas, source, report, on_batch)

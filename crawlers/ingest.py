@@ -33,6 +33,14 @@ class IngestReport:
     models_deleted: int = 0
     quarantined: int = 0
 
+    def count_quarantined(self, new: bool) -> None:
+        """A bad item: newly quarantined, or one already in quarantine (the same payload, kept once: unchanged).
+        So the counts add up: items_received = models_new + models_changed + models_unchanged + quarantined."""
+        if new:
+            self.quarantined += 1
+        else:
+            self.models_unchanged += 1
+
     def add(self, counts: UpsertCounts) -> None:
         self.models_new += counts.new
         self.models_changed += counts.changed
@@ -56,8 +64,8 @@ def store_items(conn: Connection, items: Iterable[object], source: str, report: 
             good.append(to_raw_item(item, next(shas) if shas is not None else None))
         except RawItemError as error:
             log.warning("item quarantined: %s", error)
-            if quarantine(conn, stage="crawl", source=source, error=str(error), payload=_storable(item)):
-                report.quarantined += 1
+            report.count_quarantined(
+                quarantine(conn, stage="crawl", source=source, error=str(error), payload=_storable(item)))
     report.add(upsert_raw_items(conn, good, source))
     return [item.id for item in good]
 

@@ -95,7 +95,9 @@ def upsert_raw_items(conn: Connection, items: Sequence[RawItem], source: str) ->
             FROM stage_raw s WHERE s.id = r.id
             """
         ))
-    return UpsertCounts(new=len(new), changed=len(changed), unchanged=len(unique) - len(new) - len(changed))
+    # an item repeated in the batch is stored once: its other copies count as unchanged, so the counts add up to
+    # the items received
+    return UpsertCounts(new=len(new), changed=len(changed), unchanged=len(items) - len(new) - len(changed))
 
 
 def quarantine(conn: Connection, *, stage: str, source: str, error: str, payload: object = None,
