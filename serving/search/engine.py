@@ -61,6 +61,17 @@ class PoolSizes:
     lexical: int = 50
 
 
+@dataclass
+class _Pool:
+    """A level's candidates (rows) and their evidence, position by position."""
+
+    rows: np.ndarray
+    similarity: np.ndarray
+    tf: np.ndarray  # [query terms, rows]
+    lexical: np.ndarray  # BM25 relative to the pool's best
+    co_images: np.ndarray  # images made with the chosen checkpoint (level 2)
+
+
 @dataclass(frozen=True)
 class _Terms:
     """The query's words as one role's corpus knows them: term ids, the word typed, how often, IDF."""
@@ -100,15 +111,12 @@ class SearchEngine:
         weights = weights or self.weights
         segment = self.index.segment("checkpoint")
         terms = self._terms(words, "checkpoint")
-        pool = _union(self.nearest.top(segment, q, self.pools.similar), self.popular("checkpoint"),
+        rows = _union(self.nearest.top(segment, q, self.pools.similar), self.popular("checkpoint"),
                       self._rare_candidates(terms, segment, "checkpoint"))
-        pool = pool[self._passes(pool, replace(filters, types=()))]
-        similarity = self._similarity(pool, q)
-        lexical = self._relative_bm25(pool, terms, "checkpoint")
-        scores = (similarity + weights.checkpoint_popularity * self._popularity[pool]
-                  + weights.checkpoint_lexical * lexical)
-        return [self._hit(row, score, sim, lex, 0, terms, None)
-                for row, score, sim, lex in _best(pool, scores, similarity, lexical, top_k, self.index)]
+        pool = self._pool(rows[self._passes(rows, replace(filters, types=()))], q, terms, "checkpoint")
+        scores = (pool.similarity + weights.checkpoint_popularity * self._popularity[pool.rows]
+                  + weights.checkpoint_lexical * pool.lexical)
+        return [self._hit(pool, i, scores[i], terms, None) for i in self._best(pool, scores, top_k)]
 
     def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
                  words: str | None = None, weights: Weights | None = None) -> list[Hit]:
@@ -125,22 +133,30 @@ class SearchEngine:
             adapters, counts = self.index.co_used(checkpoint.version_id)
             images = dict(zip(adapters.tolist(), counts.tolist(), strict=True))
             co_used = self._rows_of(adapters[: self.pools.co_used], "adapter")
-        pool = _union(similar, self.popular("adapter", family), co_used,
+        rows = _union(similar, self.popular("adapter", family), co_used,
                       self._rare_candidates(terms, segment, "adapter"))
-        keep = self._passes(pool, filters) & (self.index.arrays["model_type"][pool]
+        keep = self._passes(rows, filters) & (self.index.arrays["model_type"][rows]
                                               != self.index.code("model_type", "Checkpoint"))
         if family is not None:
-            keep &= self.index.arrays["family"][pool] == self.index.code("family", family)
-        pool = pool[keep]
-        similarity = self._similarity(pool, q)
-        lexical = self._relative_bm25(pool, terms, "adapter")
-        co_images = np.array([images.get(int(v), 0) for v in self.index.version_ids[pool]], dtype=np.float64)
-        co_usage = np.minimum(1.0, np.log1p(co_images) / math.log(CO_USED_IMAGES))
-        scores = (similarity + weights.adapter_popularity * self._popularity[pool]
-                  + weights.co_usage * co_usage + weights.adapter_lexical * lexical)
-        by_row = dict(zip(pool.tolist(), co_images.astype(int).tolist(), strict=True))
-        return [self._hit(row, score, sim, lex, by_row[row], terms, checkpoint)
-                for row, score, sim, lex in _best(pool, scores, similarity, lexical, top_k, self.index)]
+            keep &= self.index.arrays["family"][rows] == self.index.code("family", family)
+        pool = self._pool(rows[keep], q, terms, "adapter")
+        pool.co_images = np.array([images.get(v, 0) for v in self.index.version_ids[pool.rows].tolist()],
+                                  dtype=np.float64)
+        co_usage = np.minimum(1.0, np.log1p(pool.co_images) / math.log(CO_USED_IMAGES))
+        scores = (pool.similarity + weights.adapter_popularity * self._popularity[pool.rows]
+                  + weights.co_usage * co_usage + weights.adapter_lexical * pool.lexical)
+        return [self._hit(pool, i, scores[i], terms, checkpoint) for i in self._best(pool, scores, top_k)]
+
+    def _pool(self, rows: np.ndarray, q: np.ndarray, terms: _Terms, role: str) -> _Pool:
+        """The candidates' evidence: similarity, term frequencies of the query's words, BM25 relative to the best."""
+        tf = self._frequencies(terms, rows)
+        bm25 = self._bm25(rows, terms, role, tf)
+        best = bm25.max() if len(bm25) else 0.0
+        return _Pool(rows, self._similarity(rows, q), tf, bm25 / best if best > 0 else bm25, np.zeros(len(rows)))
+
+    def _best(self, pool: _Pool, scores: np.ndarray, k: int) -> np.ndarray:
+        """Positions in the pool of the k best candidates: score descending, then version id ascending."""
+        return np.lexsort((self.index.version_ids[pool.rows], -scores))[:k]
 
     # ---- candidate sources ------------------------------------------------------------------------------------
 
@@ -160,17 +176,20 @@ class SearchEngine:
         of the role's texts), best first by the IDF they match."""
         if not len(terms.ids) or segment.start == segment.stop:
             return np.zeros(0, dtype=np.int64)
-        corpus = self._corpus[role][0]
-        rare = [i for i in sorted(range(len(terms.ids)), key=lambda i: (terms.documents[i], self._lexeme(terms, i)))
-                if terms.documents[i] <= RARE_SHARE * corpus][:RARE_TERMS]
-        found: dict[int, float] = {}
-        for i in rare:
+        rare = np.lexsort((terms.ids, terms.documents))  # term ids follow the lexemes' order
+        rare = rare[terms.documents[rare] <= RARE_SHARE * self._corpus[role][0]][:RARE_TERMS]
+        found, weights = [], []
+        for i in rare.tolist():
             rows, _ = self.index.postings(int(terms.ids[i]))
             rows = rows[(rows >= segment.start) & (rows < segment.stop)]
-            for row in rows.tolist():
-                found[row] = found.get(row, 0.0) + float(terms.idf[i])
-        best = sorted(found, key=lambda row: (-found[row], int(self.index.version_ids[row])))
-        return np.asarray(best[: self.pools.lexical], dtype=np.int64)
+            found.append(rows)
+            weights.append(np.full(len(rows), terms.idf[i]))
+        if not found:
+            return np.zeros(0, dtype=np.int64)
+        rows, position = np.unique(np.concatenate(found), return_inverse=True)
+        idf = np.bincount(position, weights=np.concatenate(weights))
+        order = np.lexsort((self.index.version_ids[rows], -idf))
+        return rows[order[: self.pools.lexical]].astype(np.int64)
 
     def _rows_of(self, version_ids: np.ndarray, role: str) -> np.ndarray:
         """The rows of the given versions that the index holds in `role`."""
@@ -215,54 +234,45 @@ class SearchEngine:
         return _Terms(ids, [found[int(t)][0] for t in ids], np.array([found[int(t)][1] for t in ids], dtype=float),
                       documents, np.log1p((corpus - documents + 0.5) / (documents + 0.5)))
 
-    def _lexeme(self, terms: _Terms, i: int) -> str:
-        return self.index.lexemes[int(terms.ids[i])]
+    def _frequencies(self, terms: _Terms, rows: np.ndarray) -> np.ndarray:
+        """[terms, rows]: how often each of the query's terms occurs in each row's text."""
+        tf = np.zeros((len(terms.ids), len(rows)))
+        for i, term in enumerate(terms.ids.tolist()):
+            posting_rows, frequencies = self.index.postings(term)
+            if len(posting_rows) and len(rows):
+                at = np.minimum(np.searchsorted(posting_rows, rows), len(posting_rows) - 1)
+                tf[i] = np.where(posting_rows[at] == rows, frequencies[at], 0)
+        return tf
 
-    def _tf(self, term: int, rows: np.ndarray) -> np.ndarray:
-        """How often `term` occurs in each of `rows` (0 where it does not)."""
-        posting_rows, frequencies = self.index.postings(term)
-        if not len(posting_rows):
-            return np.zeros(len(rows))
-        at = np.minimum(np.searchsorted(posting_rows, rows), len(posting_rows) - 1)
-        return np.where(posting_rows[at] == rows, frequencies[at], 0).astype(np.float64)
-
-    def _relative_bm25(self, rows: np.ndarray, terms: _Terms, role: str) -> np.ndarray:
-        """BM25 of the query's words in each row's text, divided by the best of `rows` (0 when none matches)."""
-        scores = self._bm25(rows, terms, role)
-        best = scores.max() if len(scores) else 0.0
-        return scores / best if best > 0 else scores
-
-    def _bm25(self, rows: np.ndarray, terms: _Terms, role: str) -> np.ndarray:
+    def _bm25(self, rows: np.ndarray, terms: _Terms, role: str, tf: np.ndarray | None = None) -> np.ndarray:
         """BM25 (Okapi, Lucene's IDF) of the query's words in each row's text, with the role's statistics."""
-        scores = np.zeros(len(rows))
         if not len(terms.ids) or not len(rows):
-            return scores
+            return np.zeros(len(rows))
+        tf = self._frequencies(terms, rows) if tf is None else tf
         average = max(self._corpus[role][1], 1.0)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * self.index.arrays["lexical_length"][rows] / average)
-        for i, term in enumerate(terms.ids.tolist()):
-            tf = self._tf(term, rows)
-            scores += terms.idf[i] * terms.counts[i] * tf * (BM25_K1 + 1) / (tf + norm)
-        return scores
+        per_term = tf * (BM25_K1 + 1) / (tf + norm)
+        return (terms.idf * terms.counts) @ per_term
 
     # ---- hits -------------------------------------------------------------------------------------------------
 
-    def _hit(self, row: int, score: float, similarity: float, lexical: float, co_images: int, terms: _Terms,
-             checkpoint: Hit | None) -> Hit:
-        index, details = self.index, self.index.details
-        matched = [i for i in range(len(terms.ids)) if self._tf(int(terms.ids[i]), np.array([row]))[0] > 0]
-        words = [terms.words[i] for i in sorted(matched, key=lambda i: (-terms.idf[i], terms.words[i]))]
-        downloads = int(index.arrays["downloads"][row])
+    def _hit(self, pool: _Pool, i: int, score: float, terms: _Terms, checkpoint: Hit | None) -> Hit:
+        index, row = self.index, int(pool.rows[i])
+        matched = np.flatnonzero(pool.tf[:, i] > 0)
+        words = [terms.words[j] for j in sorted(matched.tolist(), key=lambda j: (-terms.idf[j], terms.words[j]))]
+        downloads, co_images = int(index.arrays["downloads"][row]), int(pool.co_images[i])
+        similarity, lexical = float(pool.similarity[i]), float(pool.lexical[i])
         why = [f"similarity {similarity:.3f}", f"{downloads:,} downloads"]
         if words:
             why.append("words: " + ", ".join(words))
         if checkpoint is not None:
             why.append(f"{co_images} images with {checkpoint.name}" if co_images
                        else f"compatible with {checkpoint.base_model_family}")
-        values = {name: details[name][row] for name in details}
+        values = {name: index.details[name][row] for name in index.details}
         values.update(model_id=int(index.arrays["model_id"][row]), version_id=int(index.version_ids[row]),
-                      score=round(float(score), 6), similarity=round(float(similarity), 6), downloads=downloads,
-                      co_usage_images=int(co_images), trigger_words=list(values["trigger_words"]),
-                      why="; ".join(why), lexical=round(float(lexical), 6), matched_words=words)
+                      score=round(float(score), 6), similarity=round(similarity, 6), downloads=downloads,
+                      co_usage_images=co_images, trigger_words=list(values["trigger_words"]),
+                      why="; ".join(why), lexical=round(lexical, 6), matched_words=words)
         return Hit(**{name: value for name, value in values.items() if name in _HIT_FIELDS})
 
 
@@ -276,10 +286,3 @@ def _union(*sources: np.ndarray) -> np.ndarray:
     """The distinct rows of all sources."""
     arrays = [np.asarray(source, dtype=np.int64) for source in sources if len(source)]
     return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, dtype=np.int64)
-
-
-def _best(pool: np.ndarray, scores: np.ndarray, similarity: np.ndarray, lexical: np.ndarray, k: int,
-          index: SearchIndex) -> list[tuple[int, float, float, float]]:
-    """The k best rows as (row, score, similarity, lexical): score descending, then version id ascending."""
-    order = np.lexsort((index.version_ids[pool], -scores))[:k]
-    return [(int(pool[i]), float(scores[i]), float(similarity[i]), float(lexical[i])) for i in order]
