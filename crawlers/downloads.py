@@ -13,9 +13,11 @@ so a file already in the cache costs no network at all, and concurrent requests 
 download it once: the lock is taken, then the cache checked again.
 
 Failures: 401 / login redirect -> DownloadAuthRequired; 403 early access / join redirect -> DownloadEarlyAccess;
-404 -> DownloadNotFound; wrong bytes -> DownloadHashMismatch (the .part is deleted); over the size cap ->
-DownloadTooLarge; everything else that retrying cannot fix, or retries running out -> DownloadError (the base of all
-of them). 429, 5xx, connection errors, truncated bodies and a refused storage signature (401/403 from the storage
+404 -> DownloadNotFound; wrong bytes -> DownloadHashMismatch (the .part is deleted); over the size cap (`max_bytes`,
+or the catalogue's size of the file given as `expected_bytes` plus a margin) -> DownloadTooLarge (the .part is
+deleted); a full disk -> DownloadError "no space left on <cache> (needs N MB)" (the .part is deleted, to give the
+space back); everything else that retrying cannot fix, or retries running out -> DownloadError (the base of all of
+them). 429, 5xx, connection errors, truncated bodies and a refused storage signature (401/403 from the storage
 host, e.g. an expired pre-signed URL) are retried through the shared policy (`crawlers.http_retry`: jittered
 exponential backoff, Retry-After honoured; a host that does not resolve fails at once); each retry asks the download
 endpoint for a fresh redirect and resumes from the bytes already written. An attempt that made progress resets the
@@ -28,16 +30,19 @@ storage host). The key, `token=` values and storage signatures are scrubbed from
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import Message
 from pathlib import Path
@@ -66,6 +71,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# A file may be this much larger than the catalogue's size of it (Civitai's sizeKB is rounded; authors re-upload)
+# before it is taken for something else and refused.
+SIZE_MARGIN_SHARE, SIZE_MARGIN_BYTES = 0.05, 1 << 20
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SECRET_PARAM_RE = re.compile(
     r"(?i)\b(token|x-amz-signature|x-amz-credential|x-amz-security-token|signature)=[^&\s'\"]+")
 
@@ -108,6 +117,14 @@ class DownloadHashMismatch(DownloadError):
 
 class DownloadTooLarge(DownloadError):
     """The file is bigger than the downloader's `max_bytes` cap; nothing was kept."""
+
+
+@dataclass(frozen=True)
+class _Cap:
+    """The most bytes a download may have, and how to say so when it has more."""
+
+    limit: int
+    why: str  # e.g. "the 1000000-byte cap"
 
 
 class _Restart(Exception):
@@ -263,21 +280,53 @@ class ModelDownloader:
     # -- fetching --
 
     def fetch(self, version_id: int, sha256: str, *, file_name_hint: str | None = None,
-              progress: Progress | None = None) -> Path:
+              progress: Progress | None = None, expected_bytes: int | None = None) -> Path:
         """The cached, verified file of this version: from the cache if present (no network), else downloaded once
-        (other threads and processes asking for the same hash wait for it), resumed from a .part if one is left."""
+        (other threads and processes asking for the same hash wait for it), resumed from a .part if one is left.
+
+        `expected_bytes` is the catalogue's size of the file (model_files.size_kb): a file larger by more than
+        5% + 1 MiB is refused as it arrives and removed. `progress(done, total)` hears of every chunk written."""
         version_id = int(version_id)
         entry = self.entry_path(sha256)
         digest = entry.name
         if entry.is_file():
             self._ensure_sidecar(entry, version_id, file_name_hint)
             return entry
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(entry):
-            if entry.is_file():  # another thread or process finished it while we waited
-                self._ensure_sidecar(entry, version_id, file_name_hint)
-                return entry
-            return self._download(version_id, digest, entry, file_name_hint, progress)
+        cap = self._cap(version_id, expected_bytes)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(entry):
+                if entry.is_file():  # another thread or process finished it while we waited
+                    self._ensure_sidecar(entry, version_id, file_name_hint)
+                    return entry
+                return self._download(version_id, digest, entry, file_name_hint, progress, cap)
+        except OSError as error:  # the cache's own files: its folder, the lock, the rename
+            if error.errno in _DISK_FULL:
+                raise self._disk_full(version_id, self._part_path(entry), None) from None
+            raise DownloadError(f"model version {version_id}: cannot write the download cache {self.cache_dir}: "
+                                f"{error.strerror or error}", version_id=version_id) from None
+
+    def _cap(self, version_id: int, expected_bytes: int | None) -> _Cap | None:
+        caps = []
+        if self.max_bytes is not None:
+            caps.append(_Cap(self.max_bytes, f"the {self.max_bytes}-byte cap"))
+        if expected_bytes is not None and expected_bytes > 0:
+            limit = int(expected_bytes * (1 + SIZE_MARGIN_SHARE)) + SIZE_MARGIN_BYTES
+            caps.append(_Cap(limit, f"the catalogue's size of its file ({expected_bytes} bytes; at most {limit} "
+                                    "accepted)"))
+        return min(caps, key=lambda cap: cap.limit) if caps else None
+
+    def _disk_full(self, version_id: int, part: Path, total: int | None) -> DownloadError:
+        """The .part is removed (a full disk must get its space back) and the error says how much is needed."""
+        part.unlink(missing_ok=True)
+        try:
+            free = f", {shutil.disk_usage(self.cache_dir).free / 1e6:,.1f} MB free"
+        except OSError:
+            free = ""
+        needs = f"needs {total / 1e6:,.1f} MB{free}" if total else f"the file's size is unknown{free}"
+        return DownloadError(f"model version {version_id}: no space left on {self.cache_dir} ({needs}); the partial "
+                             "download was removed: free some space (or point ZOO_HOME elsewhere) and try again",
+                             version_id=version_id)
 
     @contextmanager
     def _locked(self, entry: Path) -> Iterator[None]:
@@ -298,12 +347,12 @@ class ModelDownloader:
                     os.close(fd)
 
     def _download(self, version_id: int, digest: str, entry: Path, hint: str | None,
-                  progress: Progress | None) -> Path:
+                  progress: Progress | None, cap: _Cap | None) -> Path:
         part = self._part_path(entry)
         log.info("downloading model version %d (sha256 %s) from %s", version_id, digest[:12], self._origin[1])
         with requests.Session() as session:
             try:
-                name = self._policy.call(lambda: self._verified_try(session, version_id, digest, part, progress),
+                name = self._policy.call(lambda: self._verified_try(session, version_id, digest, part, progress, cap),
                                          label=f"model version {version_id}", redact=self._redact)
             except RetriesExhausted as gave_up:
                 kept = part.stat().st_size if part.exists() else 0
@@ -322,7 +371,7 @@ class ModelDownloader:
         return self._commit(part, entry, version_id, name or _safe_name(hint))
 
     def _verified_try(self, session: requests.Session, version_id: int, digest: str, part: Path,
-                      progress: Progress | None, *, fresh: bool = False) -> str | None:
+                      progress: Progress | None, cap: _Cap | None, *, fresh: bool = False) -> str | None:
         """One try, resuming the .part, up to bytes that hash to `digest`; returns the server's file name if any.
 
         A .part that cannot be resumed (416 beyond its end, a range we did not ask for), or a resumed file that does
@@ -330,25 +379,25 @@ class ModelDownloader:
         at once, `fresh`, once: no failure counted, no backoff."""
         offset = part.stat().st_size if part.exists() else 0
         try:
-            actual, name, resumed = self._attempt(session, version_id, part, offset, progress)
+            actual, name, resumed = self._attempt(session, version_id, part, offset, progress, cap)
         except _Restart as why:
             part.unlink(missing_ok=True)
             if fresh:
                 raise TransientError(str(why)) from None
             log.info("model version %d: %s; starting again from zero", version_id, self._redact(str(why)))
-            return self._verified_try(session, version_id, digest, part, progress, fresh=True)
+            return self._verified_try(session, version_id, digest, part, progress, cap, fresh=True)
         if actual == digest:
             return name
         part.unlink(missing_ok=True)
         if resumed and not fresh:
             log.warning("model version %d: resumed download does not verify; downloading again from zero", version_id)
-            return self._verified_try(session, version_id, digest, part, progress, fresh=True)
+            return self._verified_try(session, version_id, digest, part, progress, cap, fresh=True)
         raise DownloadHashMismatch(
             f"model version {version_id}: downloaded bytes hash to sha256 {actual}, expected {digest}; "
             "nothing was kept", version_id=version_id, expected=digest, actual=actual)
 
     def _attempt(self, session: requests.Session, version_id: int, part: Path, offset: int,
-                 progress: Progress | None) -> tuple[str, str | None, bool]:
+                 progress: Progress | None, cap: _Cap | None) -> tuple[str, str | None, bool]:
         """One try: from the download endpoint through its redirects to the bytes. Returns (sha256 of the whole .part,
         file name if the server gave one, whether earlier bytes were kept)."""
         url = self._endpoint_url(version_id)
@@ -381,7 +430,7 @@ class ModelDownloader:
                     log.debug("model version %d: HTTP %d redirect to %s", version_id, status, urlsplit(url).hostname)
                     continue
                 if status in (200, 206):
-                    return self._receive(response, url, to_civitai, version_id, part, offset, progress)
+                    return self._receive(response, url, to_civitai, version_id, part, offset, progress, cap)
                 if status == 416:
                     return self._range_not_satisfiable(response, part, offset)
                 self._raise_for_status(response, to_civitai, version_id)
@@ -420,8 +469,9 @@ class ModelDownloader:
         raise_for_retryable_status(response)
         if status in (404, 410):
             where = "" if to_civitai else " (the storage host has no such object)"
-            raise DownloadNotFound(f"model version {version_id}: not found{where}: HTTP {status} {text}".rstrip(),
-                                   version_id=version_id, status=status)
+            raise DownloadNotFound(
+                f"model version {version_id}: not found{where}: HTTP {status} {self._redact(text)}".rstrip(),
+                version_id=version_id, status=status)
         if not to_civitai and status in (401, 403):
             # e.g. an expired signature: the retry asks the download endpoint for a fresh one
             raise TransientError(f"storage host refused the signed URL: HTTP {status}")
@@ -460,7 +510,7 @@ class ModelDownloader:
         raise _Restart(f"HTTP 416 for a resume from byte {offset} (file size {total if total is not None else '?'})")
 
     def _receive(self, response: requests.Response, url: str, to_civitai: bool, version_id: int, part: Path,
-                 offset: int, progress: Progress | None) -> tuple[str, str | None, bool]:
+                 offset: int, progress: Progress | None, cap: _Cap | None) -> tuple[str, str | None, bool]:
         """Stream a 200 (whole file) or 206 (the rest after `offset`) into the .part, hashing as it goes."""
         headers = response.headers
         content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -480,12 +530,25 @@ class ModelDownloader:
             offset = 0
             length = headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-        if self.max_bytes is not None and total is not None and total > self.max_bytes:
+        if cap is not None and total is not None and total > cap.limit:
             part.unlink(missing_ok=True)
-            raise DownloadTooLarge(f"model version {version_id}: {total} bytes is over the {self.max_bytes}-byte cap",
-                                   version_id=version_id, status=response.status_code)
+            raise DownloadTooLarge(f"model version {version_id}: {total} bytes is more than {cap.why}; nothing was "
+                                   "kept", version_id=version_id, status=response.status_code)
         name = filename_from_disposition(headers.get("Content-Disposition")) or self._name_from_signed_url(url)
+        try:
+            done, digest = self._write_body(response, version_id, part, offset, total, progress, cap)
+        except OSError as error:  # writing the .part (reading the body wraps its own errors)
+            if error.errno in _DISK_FULL:
+                raise self._disk_full(version_id, part, total) from None
+            raise DownloadError(f"model version {version_id}: cannot write {part}: {error.strerror or error}",
+                                version_id=version_id) from None
+        if total is not None and done < total:
+            raise TransientError(f"truncated body: {done} of {total} bytes", progressed=done > offset)
+        return digest, name, offset > 0
 
+    def _write_body(self, response: requests.Response, version_id: int, part: Path, offset: int, total: int | None,
+                    progress: Progress | None, cap: _Cap | None) -> tuple[int, str]:
+        """Append the body to the .part; returns the bytes the .part holds and the sha256 of them all."""
         hasher = _hash_file(part) if offset else hashlib.sha256()
         done = offset
         if progress:
@@ -505,21 +568,19 @@ class ModelDownloader:
                         progressed=done > offset) from None
                 if not chunk:
                     continue
+                if cap is not None and done + len(chunk) > cap.limit:
+                    out.close()
+                    part.unlink(missing_ok=True)
+                    raise DownloadTooLarge(f"model version {version_id}: more than {cap.why}; nothing was kept",
+                                           version_id=version_id, status=response.status_code)
                 out.write(chunk)
                 hasher.update(chunk)
                 done += len(chunk)
-                if self.max_bytes is not None and done > self.max_bytes:
-                    out.close()
-                    part.unlink(missing_ok=True)
-                    raise DownloadTooLarge(f"model version {version_id}: more than the {self.max_bytes}-byte cap",
-                                           version_id=version_id, status=response.status_code)
                 if progress:
                     progress(done, total)
             out.flush()
             os.fsync(out.fileno())
-        if total is not None and done < total:
-            raise TransientError(f"truncated body: {done} of {total} bytes", progressed=done > offset)
-        return hasher.hexdigest(), name, offset > 0
+        return done, hasher.hexdigest()
 
     @staticmethod
     def _name_from_signed_url(url: str) -> str | None:

@@ -5,6 +5,7 @@ server-side, so "no network", "served once" and "no Authorization to storage" ar
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,12 +42,7 @@ SIZE = 10_000
 
 
 def _blob(seed: int, size: int = SIZE) -> bytes:
-    out = b""
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return out[:size]
+    return b"".join(hashlib.sha256(f"{seed}:{counter}".encode()).digest() for counter in range(-(-size // 32)))[:size]
 
 
 @dataclass
@@ -63,6 +59,7 @@ class Spec:
     drop_after: list = field(default_factory=list)  # per storage response: bytes sent before the connection drops
     chunk_delay: float = 0.0  # seconds between 1 KB chunks (slow bodies for the concurrency tests)
     disposition_header: bool = True  # storage sends Content-Disposition (else only the URL's query names the file)
+    no_length: bool = False  # storage sends no Content-Length: the body ends when the connection closes
 
     @property
     def sha256(self) -> str:
@@ -129,12 +126,12 @@ def _handler(site: Site, role: str) -> type[BaseHTTPRequestHandler]:
             else:
                 self._storage(parts.path, seen)
 
-        def _send(self, seen: Seen, status: int, headers: dict, body: bytes = b"") -> None:
+        def _send(self, seen: Seen, status: int, headers: dict, body: bytes = b"", length: bool = True) -> None:
             seen.status = status
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            if "Content-Length" not in headers:
+            if "Content-Length" not in headers and length:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if body:
@@ -170,6 +167,8 @@ def _handler(site: Site, role: str) -> type[BaseHTTPRequestHandler]:
                 return self._send(seen, 307, {"Location": f"/models/{version_id}?reason=early-access"})
             if mode == "404json":
                 return self._json(seen, 404, {"error": "Model file not found"})
+            if mode == "404echo":  # some servers say what they were asked for, query and all
+                return self._json(seen, 404, {"error": "Model file not found", "message": f"nothing at {self.path}"})
             disposition = quote(f'attachment; filename="{spec.name}"', safe="")
             location = (f"{site.storage_url}/bucket/{version_id}/{spec.sha256}?X-Amz-Expires=86400"
                         f"&X-Amz-Signature=deadbeef&response-content-disposition={disposition}")
@@ -197,8 +196,9 @@ def _handler(site: Site, role: str) -> type[BaseHTTPRequestHandler]:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             body = data[start:]
-            headers["Content-Length"] = str(len(body))
-            self._send(seen, status, headers)
+            if not spec.no_length:
+                headers["Content-Length"] = str(len(body))
+            self._send(seen, status, headers, length=not spec.no_length)
             with site.lock:
                 drop = spec.drop_after.pop(0) if spec.drop_after else None
             if drop is not None:  # send part of the body, then cut the connection
@@ -593,3 +593,73 @@ def test_from_settings(tmp_path):
     assert downloader.base_url == "https://civitai.example" and downloader.max_retries == 4
     assert downloader.entry_path("AB" * 32) == tmp_path / "files" / "sha256" / "ab" / ("ab" * 32)
     assert "k-123" not in repr(downloader)
+
+
+# --- issue 13, item 7: error text, disk full, the catalogue's size ----------------------------------------------
+
+def test_a_not_found_answer_that_echoes_the_request_does_not_leak_the_key(site, tmp_path, sleeps):
+    spec = site.add(601, Spec(_blob(30), endpoint="404echo"))
+    with pytest.raises(DownloadNotFound) as caught:
+        _downloader(site, tmp_path, sleeps, api_key=API_KEY, token_in_query=True).fetch(601, spec.sha256)
+    assert "nothing at /api/download/models/601" in str(caught.value)  # the server's words are kept...
+    assert API_KEY not in str(caught.value) and quote(API_KEY, safe="") not in str(caught.value)  # ...not the key
+
+
+class _FullDisk:
+    """Wraps the downloader's `open`: writes to a .part fail with ENOSPC once `room` bytes are written."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        handle = open(file, mode, *args, **kwargs)
+        if not str(file).endswith(".part") or "r" in mode:
+            return handle
+        disk, write = self, handle.write
+
+        def limited(data):
+            if len(data) > disk.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            disk.room -= len(data)
+            return write(data)
+
+        handle.write = limited
+        return handle
+
+
+def test_disk_full_is_a_clear_download_error_and_removes_the_part(site, tmp_path, sleeps, monkeypatch):
+    import crawlers.downloads as downloads
+
+    spec = site.add(602, Spec(_blob(31, size=3 * 1024 * 1024)))
+    monkeypatch.setattr(downloads, "open", _FullDisk(room=1024 * 1024), raising=False)
+    with pytest.raises(DownloadError) as caught:
+        _downloader(site, tmp_path, sleeps).fetch(602, spec.sha256)
+    message = str(caught.value)
+    assert type(caught.value) is DownloadError and not isinstance(caught.value, OSError)
+    assert "no space left on" in message and str(tmp_path) in message and "needs 3.1 MB" in message, message
+    assert _cache_files(tmp_path) == []  # the partial file is gone
+    assert sleeps == []  # not retried: a full disk stays full
+    monkeypatch.undo()
+    assert _downloader(site, tmp_path, sleeps).fetch(602, spec.sha256).read_bytes() == spec.data
+
+
+def test_a_file_larger_than_the_catalogue_says_is_refused_and_removed(site, tmp_path, sleeps):
+    big = 4 * 1024 * 1024
+    spec = site.add(603, Spec(_blob(32, size=big)))
+    downloader = _downloader(site, tmp_path, sleeps)
+    with pytest.raises(DownloadTooLarge) as caught:  # the catalogue says 1 MiB: 4 MiB is not that file
+        downloader.fetch(603, spec.sha256, expected_bytes=1024 * 1024)
+    assert "catalogue" in str(caught.value) and _cache_files(tmp_path) == []
+    # Within the margin (Civitai's sizeKB is rounded, files are re-uploaded): accepted.
+    path = downloader.fetch(603, spec.sha256, expected_bytes=big - 100_000)
+    assert path.read_bytes() == spec.data
+
+
+def test_a_body_longer_than_the_catalogue_says_is_cut_off_as_it_streams(site, tmp_path, sleeps):
+    spec = site.add(604, Spec(_blob(33, size=3 * 1024 * 1024), no_length=True))
+    sizes = []
+    with pytest.raises(DownloadTooLarge):
+        _downloader(site, tmp_path, sleeps, chunk_size=64 * 1024).fetch(
+            604, spec.sha256, expected_bytes=1024 * 1024, progress=lambda done, total: sizes.append(done))
+    assert sizes and max(sizes) <= 1024 * 1024 * 1.05 + 1024 * 1024  # nothing past the cap was kept
+    assert _cache_files(tmp_path) == []
