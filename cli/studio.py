@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from rich.console import Console
+from rich.table import Column
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, err, print_json, usage_error
 from config import Settings
@@ -26,6 +39,38 @@ def _parse_adapters(value: str) -> list[tuple[int, float]]:
     if not pairs:
         raise ValueError("--adapters: give at least one VERSION_ID:WEIGHT")
     return pairs
+
+
+@contextmanager
+def download_progress(console: Console, *, enabled: bool) -> Iterator:
+    """A listener for the studio's downloads (file name, bytes done, total) that draws one progress bar per file on
+    `console`: bytes done of the total, the rate and the time left. Nothing is drawn until a download starts, and
+    nothing at all (no listener) when not `enabled` (--json: stdout stays one JSON document, stderr quiet)."""
+    if not enabled:
+        yield None
+        return
+    def fixed(width: int) -> Column:  # the numbers stay whole on a narrow console; the file name gives way
+        return Column(no_wrap=True, min_width=width, justify="right")
+
+    name = Column(no_wrap=True, overflow="ellipsis", max_width=max(20, console.width - 50))
+    bars = Progress(TextColumn("downloading {task.description}", table_column=name),
+                    BarColumn(bar_width=12), DownloadColumn(table_column=fixed(15)),
+                    TransferSpeedColumn(table_column=fixed(11)), TimeRemainingColumn(table_column=fixed(7)),
+                    console=console)
+    tasks: dict[str, int] = {}
+
+    def listener(label: str, done: int, total: int | None) -> None:
+        if not tasks:
+            bars.start()
+        if label not in tasks:
+            tasks[label] = bars.add_task(label, total=total)
+        bars.update(tasks[label], completed=done, total=total)
+
+    try:
+        yield listener
+    finally:
+        if tasks:
+            bars.stop()
 
 
 def _studio_call(call) -> tuple[int, object]:
@@ -98,10 +143,11 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as error:
         return usage_error(str(error))
     studio = default_studio(settings)
-    code, answer = _studio_call(lambda: studio.generate(
-        args.prompt, checkpoint_version_id=args.checkpoint, adapters=adapters, negative_prompt=args.negative,
-        steps=args.steps, seed=args.seed, cfg=args.cfg, width=args.width, height=args.height,
-        scheduler=args.scheduler, rerank=args.rerank))
+    with download_progress(err, enabled=not args.json) as listener:
+        code, answer = _studio_call(lambda: studio.generate(
+            args.prompt, checkpoint_version_id=args.checkpoint, adapters=adapters, negative_prompt=args.negative,
+            steps=args.steps, seed=args.seed, cfg=args.cfg, width=args.width, height=args.height,
+            scheduler=args.scheduler, rerank=args.rerank, on_download=listener))
     if code == EXIT_OK:
         _report_image(*answer, Path(args.out), args.json)
     return code
@@ -123,9 +169,10 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as error:
         return usage_error(str(error))
     studio = default_studio(settings)
-    code, answer = _studio_call(lambda: studio.edit(
-        image, args.instruction, reference=reference, negative_prompt=args.negative, steps=args.steps,
-        seed=args.seed, cfg=args.cfg, scheduler=args.scheduler, strength=args.strength))
+    with download_progress(err, enabled=not args.json) as listener:
+        code, answer = _studio_call(lambda: studio.edit(
+            image, args.instruction, reference=reference, negative_prompt=args.negative, steps=args.steps,
+            seed=args.seed, cfg=args.cfg, scheduler=args.scheduler, strength=args.strength, on_download=listener))
     if code == EXIT_OK:
         _report_image(*answer, Path(args.out), args.json)
     return code

@@ -448,3 +448,69 @@ def test_a_checkpoint_the_pipelines_cannot_load_is_never_picked_nor_downloaded(w
         assert not any(str(winner.version_id) in request for request in world["files"].requests[requests:])
     finally:
         move("SD1.x", "SD 1.5")
+
+
+# --- issue 13: the catalogue's file size caps a download; a download shows its progress ---------------------------
+
+def _forget_downloads(world) -> None:
+    """Empty the download cache, so the next request downloads every file it uses."""
+    import shutil
+
+    shutil.rmtree(world["studio"].downloader.cache_dir, ignore_errors=True)
+
+
+def test_a_download_is_capped_by_the_catalogues_size_of_the_file(world, engine):
+    from serving.studio.local_files import LocalFiles
+
+    studio = world["studio"]
+    checkpoint = next(v for v, t in world["versions"].items() if t == "Checkpoint")
+    with engine.connect() as conn:
+        size_kb = conn.execute(text("SELECT size_kb FROM model_files WHERE version_id = :v AND is_primary"),
+                               {"v": checkpoint}).scalar_one()
+    assert studio.catalogue.primary_file_bytes(checkpoint) == int(size_kb * 1024)
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[dict] = []
+
+        def cached_path(self, sha256):
+            return None
+
+        def fetch(self, version_id, sha256, **options):
+            self.calls.append({"version_id": version_id, **options})
+            return world["root"] / "tiny.safetensors"
+
+    recording = Recording()
+    files = LocalFiles(recording, world["root"] / "home", expected_size=studio.catalogue.primary_file_bytes)
+    hit = studio.catalogue.hits([checkpoint])[checkpoint]
+    files.path(hit)
+    assert recording.calls[0]["expected_bytes"] == int(size_kb * 1024)
+
+
+def test_the_download_listener_hears_monotone_byte_counts(world):
+    _forget_downloads(world)
+    heard: dict[str, list[tuple[int, int | None]]] = {}
+    world["studio"].generate(PROMPT, steps=2, seed=3, width=64, height=64,
+                             on_download=lambda label, done, total: heard.setdefault(label, []).append((done, total)))
+    assert heard, "nothing was downloaded"
+    for label, counts in heard.items():
+        done = [d for d, _ in counts]
+        assert done == sorted(done), label
+        assert counts[-1][0] == counts[-1][1] > 0, label  # it ends at the file's size
+        assert label.endswith(".safetensors")
+
+
+def test_generate_shows_download_progress_on_stderr_and_json_stays_clean(world, capsys):
+    _forget_downloads(world)
+    code, stdout, stderr = _generate(capsys, world["root"] / "progress.png")  # --json
+    assert code == 0, stderr
+    assert isinstance(json.loads(stdout), dict)  # the whole of stdout is one JSON document
+    assert "downloading" not in stderr and stderr.strip() == ""
+
+    _forget_downloads(world)
+    code, stdout, stderr = _run(capsys, "generate", PROMPT, "--out", str(world["root"] / "bar.png"), "--steps",
+                                "2", "--width", "64", "--height", "64", "--seed", "7", "--no-rerank")
+    assert code == 0, stderr
+    assert stdout == ""
+    assert "downloading bitforge" in stderr.lower(), stderr  # the checkpoint's file (cut to fit 80 columns)
+    assert re.search(r"\d+(\.\d+)?/\d+(\.\d+)? [kMG]?B", stderr), stderr  # bytes done of the total

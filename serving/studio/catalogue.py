@@ -81,6 +81,14 @@ class Catalogue:
             return hit, None
         return hit, [(_given_adapter(found, version), float(weight)) for version, weight in adapters]
 
+    def primary_file_bytes(self, version_id: int) -> int | None:
+        """The catalogue's size of a version's primary file (Civitai's sizeKB, in KiB), in bytes; None if unknown."""
+        with self.engine.connect() as conn:
+            size_kb = conn.execute(text(
+                "SELECT size_kb FROM model_files WHERE version_id = :v AND is_primary ORDER BY id LIMIT 1"),
+                {"v": int(version_id)}).scalar()
+        return int(size_kb * 1024) if size_kb and size_kb > 0 else None
+
     def named_embeddings(self, family: str, prompt: str) -> list[Hit]:
         """The served textual inversions of a checkpoint family that a prompt calls by name (e.g. `EasyNegative` in
         a negative prompt pasted from Civitai), by name."""

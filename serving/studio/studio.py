@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from serving.search.results import Hit
@@ -45,6 +45,9 @@ from serving.studio.generate import GenerationResult
 from serving.studio.generate import generate as run_generate
 from serving.studio.model_files import EmbeddingUse, LoraUse
 from serving.studio.sidecar import sidecar
+
+if TYPE_CHECKING:
+    from serving.studio.local_files import DownloadListener
 
 __all__ = ["Studio", "StudioError", "UnknownVersion", "default_studio", "set_default_studio"]
 
@@ -154,7 +157,8 @@ class Studio:
     def files(self):
         from serving.studio.local_files import LocalFiles
 
-        return self._warm("_files", lambda: LocalFiles(self.downloader, self.settings.zoo_home))
+        return self._warm("_files", lambda: LocalFiles(self.downloader, self.settings.zoo_home,
+                                                       expected_size=self.catalogue.primary_file_bytes))
 
     @property
     def parser(self):
@@ -242,12 +246,14 @@ class Studio:
 
     # ---- files ------------------------------------------------------------------------------------------------------
 
-    def _prepare(self, choice: _Choice, negative_prompt: str, notes: list[str]) -> _Files:
-        """The chosen versions' verified local files, and the textual inversions the negative prompt names."""
-        checkpoint = self.files.path(choice.checkpoint)
-        loras = [LoraUse(item.lora_name, self.files.path(item.adapter), (item.adapter.sha256 or "").lower(),
-                         item.weight) for item in choice.composition.adapters]
-        embeddings, embedding_hits = self._embeddings(choice.checkpoint, negative_prompt, notes)
+    def _prepare(self, choice: _Choice, negative_prompt: str, notes: list[str],
+                 on_download: DownloadListener | None = None) -> _Files:
+        """The chosen versions' verified local files, and the textual inversions the negative prompt names;
+        `on_download` hears of every file downloaded (name, bytes done, total)."""
+        checkpoint = self.files.path(choice.checkpoint, on_download)
+        loras = [LoraUse(item.lora_name, self.files.path(item.adapter, on_download),
+                         (item.adapter.sha256 or "").lower(), item.weight) for item in choice.composition.adapters]
+        embeddings, embedding_hits = self._embeddings(choice.checkpoint, negative_prompt, notes, on_download)
         return _Files(checkpoint, loras, embeddings, embedding_hits)
 
     def _current_files(self, choice: _Choice) -> _Choice:
@@ -268,8 +274,8 @@ class Studio:
         return replace(choice, checkpoint=now(choice.checkpoint),
                        composition=replace(choice.composition, adapters=adapters))
 
-    def _embeddings(self, checkpoint: Hit, negative_prompt: str,
-                    notes: list[str]) -> tuple[list[EmbeddingUse], list[Hit]]:
+    def _embeddings(self, checkpoint: Hit, negative_prompt: str, notes: list[str],
+                    on_download: DownloadListener | None = None) -> tuple[list[EmbeddingUse], list[Hit]]:
         """The textual inversions the negative prompt names (where Civitai prompts call them: the whole catalogue
         is a large namespace, and a positive prompt's ordinary words would call stray embeddings), fetched and
         checked; one that cannot be fetched or loaded is noted and its name stays a word."""
@@ -278,7 +284,7 @@ class Studio:
         used, hits = [], []
         for hit in self.catalogue.named_embeddings(checkpoint.base_model_family, negative_prompt):
             try:
-                path = self.files.path(hit)
+                path = self.files.path(hit, on_download)
                 embedding = EmbeddingUse(Path(hit.file_name or path.name).stem, path, (hit.sha256 or "").lower())
                 problem = self.manager.embedding_problem(embedding)
             except DownloadError as error:
@@ -296,13 +302,14 @@ class Studio:
                  adapters: Sequence[tuple[int, float]] | None = None, negative_prompt: str = "", steps: int = 25,
                  seed: int | None = -1, cfg: float = 7.0, width: int = 512, height: int = 512,
                  scheduler: str = "dpm++_2m_karras", rerank: bool = False, top_k: int = 10,
-                 ) -> tuple[GenerationResult, dict[str, Any]]:
-        """One image for `prompt`; returns the result and the sidecar (model and version ids, weights, prompts)."""
+                 on_download: DownloadListener | None = None) -> tuple[GenerationResult, dict[str, Any]]:
+        """One image for `prompt`; returns the result and the sidecar (model and version ids, weights, prompts).
+        `on_download(file name, bytes done, total)` hears of each file downloaded for it."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise StudioError("the prompt is empty")
         notes: list[str] = []
         choice = self._current_files(self._choose(prompt, checkpoint_version_id, adapters, top_k, rerank, notes))
-        files = self._prepare(choice, negative_prompt, notes)
+        files = self._prepare(choice, negative_prompt, notes, on_download)
         result = run_generate(self.manager, checkpoint_path=files.checkpoint,
                               checkpoint_sha256=choice.checkpoint.sha256.lower(), loras=files.loras,
                               embeddings=files.embeddings, prompt=choice.composition.prompt,
@@ -315,8 +322,10 @@ class Studio:
 
     def edit(self, image, instruction: str, *, reference=None, negative_prompt: str = "", steps: int = 25,
              seed: int | None = -1, cfg: float = 7.0, scheduler: str = "dpm++_2m_karras",
-             strength: float | None = None, top_k: int = 10) -> tuple[GenerationResult, dict[str, Any]]:
-        """Edit `image` as the instruction says; the result keeps its size (outside the mask: its exact pixels)."""
+             strength: float | None = None, top_k: int = 10,
+             on_download: DownloadListener | None = None) -> tuple[GenerationResult, dict[str, Any]]:
+        """Edit `image` as the instruction says; the result keeps its size (outside the mask: its exact pixels).
+        `on_download(file name, bytes done, total)` hears of each file downloaded for it."""
         from serving.studio.editor import edit_image
         from serving.studio.masker import to_rgb
 
@@ -328,7 +337,7 @@ class Studio:
         choice = self._current_files(self._edit_choice(parsed, parsed.generation_prompt or instruction, rgb,
                                                        reference, top_k, notes))
         region = self._edit_region(parsed, rgb, reference, notes)
-        files = self._prepare(choice, negative_prompt, notes)
+        files = self._prepare(choice, negative_prompt, notes, on_download)
         outcome = edit_image(self.manager, image=region.init, mode=region.mode, mask=region.mask,
                              checkpoint_path=files.checkpoint, checkpoint_sha256=choice.checkpoint.sha256.lower(),
                              loras=files.loras, embeddings=files.embeddings, prompt=choice.composition.prompt,
