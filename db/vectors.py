@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
+import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from db.copy import driver_cursor, stage_rows
 from db.lexicon import lexemes_sql, word_count_sql
 
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"  # migrations/env.py leaves indexes with this prefix alone
 HNSW_MAX_DIMENSIONS = 2000  # pgvector 0.6 indexes up to 2,000 dimensions
+log = logging.getLogger(__name__)
 
 
 def stored_input_shas(conn: Connection, table: str, key_column: str, key: str, extra: str = "") -> dict[int, str]:
@@ -76,7 +81,16 @@ def delete_unserved(conn: Connection, table: str) -> int:
 
 def sql_literal(value: str) -> str:
     """A string as an SQL literal: partial-index predicates must be spelled as constants, in the index and in the
-    queries that want the planner to use it."""
+    queries that want the planner to use it. The value (a base-model family comes from Civitai data) stays one
+    literal whatever the session's standard_conforming_strings: with a backslash in it, the E'' form (which reads
+    backslashes the same in both modes) with backslashes and quotes doubled; else the plain form."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return _standard_literal(value)
+
+
+def _standard_literal(value: str) -> str:
+    """The plain form, as Postgres spells a constant back (pg_indexes) while standard_conforming_strings is on."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -115,34 +129,46 @@ def indexed_families(conn: Connection, space: str, min_vectors: int) -> list[str
 
 
 FAMILY_INDEX_MIN_VECTORS = 2000
+# A DROP INDEX waits for every open read of the table, and every search that comes after queues behind it: it waits
+# this long for its lock, a few times, then leaves the index for a later run.
+DROP_LOCK_TIMEOUT_SECONDS, DROP_ATTEMPTS, DROP_PAUSE_SECONDS = 0.5, 3, 1.0
 
 
 def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Sequence[str] = ("checkpoint", "adapter"),
                         m: int = 16, ef_construction: int = 64,
-                        family_min_vectors: int = FAMILY_INDEX_MIN_VECTORS) -> list[str]:
+                        family_min_vectors: int = FAMILY_INDEX_MIN_VECTORS,
+                        drop_lock_timeout: float = DROP_LOCK_TIMEOUT_SECONDS) -> list[str]:
     """Partial HNSW indexes (inner product) per space and role, and per base-model family with many adapters;
     built with maintenance_work_mem raised (a build is several times slower with the 64 MB default). A family's
     index is defined by space and family alone, so the shared adapter index can never stand in for it (when both
     could serve, the planner sometimes took the shared one and post-filtered); family indexes no longer wanted
-    (a family that shrank, or built under older rules) are dropped. Returns the indexes created now."""
+    (a family that shrank, or built under older rules) are dropped, each waiting at most `drop_lock_timeout`
+    seconds (a few times) for its lock, else left for a later run with a warning. The DDL runs with
+    standard_conforming_strings on, so the family names spelled into it stay literals whatever the server's
+    default. Returns the indexes created now."""
     if not 0 < dimension <= HNSW_MAX_DIMENSIONS:
         raise ValueError(f"pgvector 0.6 indexes 1..{HNSW_MAX_DIMENSIONS} dimensions, space {space!r} has {dimension}")
     created = []
-    # Stale family indexes go in a short transaction of their own: a DROP locks the table against every search, and
-    # must not hold that lock through the builds below.
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL standard_conforming_strings = on"))  # as pg_indexes spells constants back
         existing = dict(conn.execute(text(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'embeddings'")).all())
         wanted = [(role, None, f"role = {sql_literal(role)}") for role in roles]
+        stale = []
         if "adapter" in roles:
             wanted += [(FAMILY, family, f"base_model_family = {sql_literal(family)}")
                        for family in indexed_families(conn, space, family_min_vectors)]
             wanted_names = {hnsw_index_name(space, role, family) for role, family, _ in wanted}
-            for name, definition in existing.items():
-                if (name.startswith(HNSW_INDEX_PREFIX) and name not in wanted_names and "base_model_family" in definition
-                        and f"space = {sql_literal(space)}::text" in definition):
-                    driver_cursor(conn).execute(f"DROP INDEX {name}")
+            stale = [name for name, definition in existing.items()
+                     if name.startswith(HNSW_INDEX_PREFIX) and name not in wanted_names
+                     and "base_model_family" in definition
+                     and f"space = {_standard_literal(space)}::text" in definition]
+    # Each drop in a short transaction of its own: a DROP locks the table against every search, and must not hold
+    # that lock through the builds below, nor wait long behind a read.
+    for name in stale:
+        _drop_index(engine, name, drop_lock_timeout)
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL standard_conforming_strings = on"))
         conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
         for role, family, predicate in wanted:
             name = hnsw_index_name(space, role, family)
@@ -154,3 +180,22 @@ def ensure_hnsw_indexes(engine: Engine, space: str, dimension: int, roles: Seque
             created.append(name)
         conn.execute(text("ANALYZE embeddings"))
     return created
+
+
+def _drop_index(engine: Engine, name: str, lock_timeout: float) -> bool:
+    """DROP INDEX with a lock_timeout, tried DROP_ATTEMPTS times (searches queued behind a waiting DROP get through
+    in the pauses); False, with a warning, when a long read kept it from its lock every time."""
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout * 1000))}ms'"))
+                driver_cursor(conn).execute(f"DROP INDEX IF EXISTS {name}")
+            return True
+        except (OperationalError, psycopg.errors.LockNotAvailable) as error:  # the driver's cursor raises it raw
+            if not isinstance(getattr(error, "orig", error), psycopg.errors.LockNotAvailable):
+                raise
+            if attempt < DROP_ATTEMPTS:
+                time.sleep(DROP_PAUSE_SECONDS)
+    log.warning("index %s is no longer wanted but was not dropped: a long read of embeddings held its lock through "
+                "%d tries of %.1f s; the next index refresh drops it", name, DROP_ATTEMPTS, lock_timeout)
+    return False
