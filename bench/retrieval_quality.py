@@ -24,6 +24,12 @@ and a grid over Weights(checkpoint_popularity, checkpoint_lexical, adapter_popul
 tuned on the DEV half of the queries (offline re-scoring of the SQL's own candidate pools, checked against
 Retriever.search) and reported on the TEST half with the real Retriever.
 
+Engine vs SQL (issue 10): the in-memory SearchEngine (serving/search/engine.py) over an index built from the tables
+while the queries' images are held out (build_search_index, in memory: the stored generation still holds their
+links) answers the same queries with the same query vectors; a table gives, per system (default weights, semantic
+only, oracle level 1, and level 2 given the SQL's first checkpoint), the top-10 overlap of checkpoints and adapters
+and recall@10 / MRR of each path (JSON: engine_vs_sql). Every query is encoded once, by the product's query encoder.
+
     python bench/retrieval_quality.py ../shared/civitai/models-2023-07-04.jsonl.gz [--queries 500] [--seed 0]
         [--write-queries queries.jsonl] [--workdir DIR (keep the zoo; reuse it next time)] [--database-url URL]
 
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -221,12 +228,13 @@ ORDER BY s.id
 """
 
 
-def load_catalogue(engine: Engine, retriever) -> dict:
-    """Served, embedded versions: BM25 documents (the text the vectors encode), popularity, trigger words."""
+def load_catalogue(engine: Engine, space: str, describer) -> dict:
+    """Served, embedded versions: BM25 documents (the text the vectors encode), popularity, trigger words.
+    `describer` is the DescriberKey whose stored descriptions the vectors were made from."""
+    from crawlers.a1111 import MODEL_TAG
     from db.cards import served_cards
     from embedding.refresh import (
         EXAMPLE_PROMPTS_EMBEDDED,
-        _LORA_TAG,
         card_from_row,
         embedding_text,
         preferred_descriptions,
@@ -234,8 +242,8 @@ def load_catalogue(engine: Engine, retriever) -> dict:
 
     with engine.connect() as conn:
         roles = dict(conn.execute(text("SELECT version_id, role FROM embeddings WHERE space = :space"),
-                                  {"space": retriever.space}).all())
-        descriptions = preferred_descriptions(conn, retriever.describer, retriever.prompt_version)
+                                  {"space": space}).all())
+        descriptions = preferred_descriptions(conn, describer)
         served = {row.version_id: row for row in conn.execute(text(
             "SELECT version_id, model_id, model_type, base_model_family, trained_words, version_download_count, "
             "model_download_count FROM served_model_versions"))}
@@ -248,7 +256,7 @@ def load_catalogue(engine: Engine, retriever) -> dict:
             card = card_from_row(row)
             documents[version_id] = embedding_text(card, descriptions[version_id])
             embedded_prompts[version_id] = [
-                frozenset(tokens(strip_prompt_syntax(_LORA_TAG.sub("", p))))
+                frozenset(tokens(strip_prompt_syntax(MODEL_TAG.sub("", p))))
                 for p in card.example_prompts[:EXAMPLE_PROMPTS_EMBEDDED]]
     triggers = {v: set(served[v].trained_words or ()) | set(descriptions[v].trigger_words if v in descriptions else ())
                 for v in served}
@@ -344,7 +352,10 @@ class HeldOut:
 
     def __enter__(self) -> HeldOut:
         with self.engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS bench_held_out_image_resources"))
+            # A run that died while holding out left its rows in the side table: put them back before anything.
+            conn.execute(text("DO $$ BEGIN IF to_regclass('bench_held_out_image_resources') IS NOT NULL THEN "
+                              "INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
+                              "ON CONFLICT DO NOTHING; DROP TABLE bench_held_out_image_resources; END IF; END $$"))
             conn.execute(text("CREATE TABLE bench_held_out_image_resources AS "
                               "SELECT * FROM image_resources WHERE image_id = ANY(:ids)"), {"ids": self.image_ids})
             self.rows = conn.execute(text("DELETE FROM image_resources WHERE image_id = ANY(:ids)"),
@@ -364,21 +375,101 @@ class HeldOut:
 # Systems
 
 
-def with_weights(retriever, **weights):
-    from serving.search.retrieval import Weights
+@dataclass
+class Answer:
+    """One system's answer to one query: the top-10 adapter and checkpoint version ids (checkpoints None when the
+    system does not answer level 1, as the oracle does not), and the hits behind them when the system returns hits
+    (what a person would see: types, kinds, models, scores), for tables that read more than ids."""
 
-    clone = copy.copy(retriever)
-    clone.weights = Weights(**{**asdict(retriever.weights), **weights})
-    return clone
+    adapters: list[int]
+    checkpoints: list[int] | None
+    adapter_hits: list | None = None
+    checkpoint_hits: list | None = None
 
 
-def run_zoo(retriever, queries: list[Query], system: System) -> dict[str, tuple[list[int], list[int]]]:
-    ranked = {}
+def from_hits(adapters: list, checkpoints: list | None) -> Answer:
+    return Answer([h.version_id for h in adapters], None if checkpoints is None else [h.version_id for h in checkpoints],
+                  list(adapters), None if checkpoints is None else list(checkpoints))
+
+
+@dataclass
+class Run:
+    """One system's answers to a set of queries, by qid (a query the system does not answer is absent)."""
+
+    name: str
+    answers: dict[str, Answer]
+    seconds: float = 0.0
+
+    def system(self, queries: list[Query], name: str | None = None, checkpoints: bool = True) -> System:
+        """The answers scored against the truth of those of `queries` it answered."""
+        system = System(name or self.name)
+        for q in queries:
+            answer = self.answers.get(q.qid)
+            if answer is not None:
+                system.add(q, answer.adapters, answer.checkpoints if checkpoints else None)
+        return system
+
+    def ms_per_query(self) -> float:
+        return 1000 * self.seconds / max(1, len(self.answers))
+
+
+AnswerFn = Callable[[Query], Answer | None]
+
+
+def collect(name: str, queries: list[Query], answer: AnswerFn) -> Run:
+    """THE place where a system answers the queries: every table reads the Runs made here."""
+    answers, started = {}, time.perf_counter()
     for q in queries:
-        result = retriever.search(q.query, top_k=TOP, top_checkpoints=TOP)
-        ranked[q.qid] = ([h.version_id for h in result.adapters], [h.version_id for h in result.checkpoints])
-        system.add(q, *ranked[q.qid])
-    return ranked
+        found = answer(q)
+        if found is not None:
+            answers[q.qid] = found
+    return Run(name, answers, time.perf_counter() - started)
+
+
+class EngineLevels:
+    """The in-memory SearchEngine's two levels, weights given per call."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def checkpoints(self, vector: np.ndarray, words: str, weights, top_k: int = TOP) -> list:
+        return self.engine.checkpoints(vector, top_k, words=words, weights=weights)
+
+    def adapters(self, vector: np.ndarray, checkpoint, words: str, weights, top_k: int = TOP) -> list:
+        return self.engine.adapters(vector, checkpoint, top_k, words=words, weights=weights)
+
+
+class SqlLevels:
+    """The old SQL path's two levels (serving/search/retrieval.py's Retriever, as this benchmark used it): its
+    weights live on the retriever, so each weight setting gets a shallow clone carrying them."""
+
+    def __init__(self, retriever) -> None:
+        self.retriever, self._clones = retriever, {}
+
+    def _with(self, weights):
+        from serving.search.retrieval import Weights as SqlWeights
+
+        key = tuple(sorted(asdict(weights).items()))
+        if key not in self._clones:
+            clone = copy.copy(self.retriever)
+            clone.weights = SqlWeights(**asdict(weights))
+            self._clones[key] = clone
+        return self._clones[key]
+
+    def checkpoints(self, vector: np.ndarray, words: str, weights, top_k: int = TOP) -> list:
+        return self._with(weights).checkpoints(vector, top_k, words=words)
+
+    def adapters(self, vector: np.ndarray, checkpoint, words: str, weights, top_k: int = TOP) -> list:
+        return self._with(weights).adapters(vector, checkpoint, top_k, words=words)
+
+
+def two_level(levels, vectors: dict[str, np.ndarray], weights) -> AnswerFn:
+    """What `zoo search` answers: top-10 checkpoints, then top-10 adapters for the first of them."""
+    def answer(q: Query) -> Answer:
+        checkpoints = levels.checkpoints(vectors[q.qid], q.query, weights)
+        return from_hits(levels.adapters(vectors[q.qid], checkpoints[0] if checkpoints else None, q.query, weights),
+                         checkpoints)
+    return answer
 
 
 def checkpoint_hit(version_id: int, family: str):
@@ -390,15 +481,31 @@ def checkpoint_hit(version_id: int, family: str):
                co_usage_images=0, trigger_words=[], recommended_weight=None, download_url=None, why="")
 
 
-def run_oracle(retriever, queries: list[Query], system: System, families: dict[int, str]) -> None:
+def oracle_level1(levels, vectors: dict[str, np.ndarray], weights, families: dict[int, str]) -> AnswerFn:
     """Level 2 given the image's real checkpoint (family filter and co-usage with it): only queries that name one."""
-    for q in queries:
+    def answer(q: Query) -> Answer | None:
         if not q.checkpoints:
-            continue
+            return None
         truth = min(q.checkpoints)
-        adapters = retriever.adapters(retriever.query_vector(q.query), checkpoint_hit(truth, families[truth]), TOP,
-                                      words=q.query)
-        system.add(q, [h.version_id for h in adapters], None)
+        return from_hits(levels.adapters(vectors[q.qid], checkpoint_hit(truth, families[truth]), q.query, weights),
+                         None)
+    return answer
+
+
+def level2_given(levels, vectors: dict[str, np.ndarray], weights, given: Run) -> AnswerFn:
+    """Level 2 for the first checkpoint another run chose (the same level-1 answer: level 2 compared alone)."""
+    def answer(q: Query) -> Answer | None:
+        found = given.answers.get(q.qid)
+        if found is None or found.checkpoint_hits is None:
+            return None
+        first = found.checkpoint_hits[0] if found.checkpoint_hits else None
+        return from_hits(levels.adapters(vectors[q.qid], first, q.query, weights), found.checkpoint_hits)
+    return answer
+
+
+def fixed(adapters: list[int], checkpoints: list[int]) -> AnswerFn:
+    """The same answer to every query (the popularity baseline)."""
+    return lambda q: Answer(list(adapters), list(checkpoints))
 
 
 class BM25Index:
@@ -438,14 +545,13 @@ class BM25Index:
         return [int(self.ids[i]) for i in order]
 
 
-def run_bm25(catalogue: dict, queries: list[Query], system: System) -> float:
-    """Top-10 by BM25 per level; returns the largest difference from BM25Okapi.get_scores on five queries."""
+def bm25_system(catalogue: dict, queries: list[Query]) -> tuple[AnswerFn, float]:
+    """Top-10 by BM25 per level, and the largest difference from BM25Okapi.get_scores on five queries."""
     roles, documents = catalogue["roles"], catalogue["documents"]
     adapters = BM25Index({v: d for v, d in documents.items() if roles[v] == "adapter"})
     checkpoints = BM25Index({v: d for v, d in documents.items() if roles[v] == "checkpoint"})
-    for q in queries:
-        system.add(q, adapters.top(q.query), checkpoints.top(q.query))
-    return max(adapters.check([q.query for q in queries[:5]]), checkpoints.check([q.query for q in queries[:5]]))
+    diff = max(adapters.check([q.query for q in queries[:5]]), checkpoints.check([q.query for q in queries[:5]]))
+    return (lambda q: Answer(adapters.top(q.query), checkpoints.top(q.query))), diff
 
 
 def popularity_lists(catalogue: dict) -> tuple[list[int], list[int]]:
@@ -466,14 +572,22 @@ def popularity(downloads: int) -> float:
     return min(1.0, math.log(1 + downloads) / math.log(1_000_000.0))
 
 
+def with_weights(retriever, **weights):
+    from serving.search.retrieval import Weights
+
+    clone = copy.copy(retriever)
+    clone.weights = Weights(**{**asdict(retriever.weights), **weights})
+    return clone
+
+
 class Pools:
     """One query's candidate pools exactly as the SQL walks them, with evidence weights 0 so that every pool row
     comes back: level 1's, and level 2's for each family a chosen checkpoint can have (fetched when first asked).
     Each row's features (similarity, popularity, relative BM25) do not depend on the weights."""
 
-    def __init__(self, zero, query: Query) -> None:
+    def __init__(self, zero, query: Query, vector: np.ndarray) -> None:
         self.zero, self.query = zero, query
-        self.vector = zero.query_vector(query.query)
+        self.vector = vector
         whole = zero.candidate_pool + zero.popular_candidates + zero.lexical_candidates
         hits = zero.checkpoints(self.vector, whole, words=query.query)
         self.checkpoint_ids = np.array([h.version_id for h in hits], dtype=np.int64)
@@ -502,8 +616,8 @@ class Pools:
         return self._adapters[key]
 
 
-def fetch_pools(retriever, queries: list[Query]) -> list[Pools]:
-    return [Pools(with_weights(retriever, **NO_EVIDENCE), q) for q in queries]
+def fetch_pools(retriever, queries: list[Query], vectors: dict[str, np.ndarray]) -> list[Pools]:
+    return [Pools(with_weights(retriever, **NO_EVIDENCE), q, vectors[q.qid]) for q in queries]
 
 
 def load_co_usage(engine: Engine) -> dict[int, dict[int, float]]:
@@ -670,15 +784,78 @@ def headline(system: System) -> dict:
 GENERIC_ADAPTERS = 20  # the most-used adapters (detail tweakers, noise offsets, ...): "content" truth leaves them out
 
 
+def overlap(a: list[int], b: list[int]) -> float:
+    """Shared share of two top-k lists (1 when both are empty)."""
+    return len(set(a) & set(b)) / max(len(a), len(b)) if a or b else 1.0
+
+
+def agreement(a: Run, b: Run, queries: list[Query]) -> dict:
+    """How alike two runs' answers are on the queries both answered: top-10 overlap per level, the same first
+    checkpoint (what level 2 is asked for), and identical adapter lists (order included)."""
+    both = [(a.answers[q.qid], b.answers[q.qid]) for q in queries if q.qid in a.answers and q.qid in b.answers]
+    checkpoints = [(x.checkpoints, y.checkpoints) for x, y in both
+                   if x.checkpoints is not None and y.checkpoints is not None]
+    mean = (lambda xs: round(float(np.mean(xs)), 4) if xs else None)
+    return {"queries": len(both),
+            "checkpoint_overlap": mean([overlap(x, y) for x, y in checkpoints]),
+            "same_first_checkpoint": mean([x[:1] == y[:1] for x, y in checkpoints]),
+            "adapter_overlap": mean([overlap(x.adapters, y.adapters) for x, y in both]),
+            "identical_adapters": mean([x.adapters == y.adapters for x, y in both])}
+
+
+def levels_summary(run: Run, queries: list[Query]) -> dict:
+    summary = run.system(queries).summary()
+    return {"adapters": short(summary["adapters"]), "checkpoints": short(summary["checkpoints"]),
+            "content_hit_at_10": summary["content"]["hit_at_10"], "ms_per_query": round(run.ms_per_query(), 1)}
+
+
+def print_comparison(title: str, rows: list[tuple[str, str, Run, Run]], queries: list[Query],
+                     names: tuple[str, str]) -> dict:
+    """One line per (label, key, run a, run b): their agreement, and recall@10 / MRR of each per level."""
+    a_name, b_name = names
+    print()
+    print(title)
+    pair = (lambda label: f"{label} {a_name}/{b_name}")
+    header = (f"{'system':<40}{'ck ovl':>7}{'1st ck=':>8}{'ad ovl':>7}{'ad same':>8}{pair('ck rec@10'):>22}"
+              f"{pair('ck MRR'):>19}{pair('ad rec@10'):>22}{pair('ad MRR'):>19}{pair('ms/q'):>17}{'n':>5}")
+    print(header)
+    print("-" * len(header))
+    found = {}
+    for label, key, a, b in rows:
+        agree, sa, sb = agreement(a, b, queries), levels_summary(a, queries), levels_summary(b, queries)
+        found[key] = {**agree, names[0]: sa, names[1]: sb}
+
+        def both(level: str, metric: str, sa=sa, sb=sb) -> str:
+            return f"{fmt(sa[level][metric])}/{fmt(sb[level][metric])}"
+
+        print(f"{label:<40}{fmt(agree['checkpoint_overlap']):>7}{fmt(agree['same_first_checkpoint']):>8}"
+              f"{fmt(agree['adapter_overlap']):>7}{fmt(agree['identical_adapters']):>8}"
+              f"{both('checkpoints', 'recall_at_10'):>22}{both('checkpoints', 'mrr'):>19}"
+              f"{both('adapters', 'recall_at_10'):>22}{both('adapters', 'mrr'):>19}"
+              f"{sa['ms_per_query']:>8.1f}/{sb['ms_per_query']:<8.1f}{agree['queries']:>5}")
+    return found
+
+
 def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None:
     os.environ["DATABASE_URL"] = url
     from config import Settings
-    from serving.search.api import open_retriever
+    from db.engine import get_engine
+    from embedding.presets import ModelChoice, build_describer, build_query_encoders
+    from embedding.refresh import describer_key, space_dimension
+    from embedding.search_index import build_search_index
+    from serving.search.engine import SearchEngine
+    from serving.search.engine import Weights as EngineWeights
+    from serving.search.retrieval import Retriever as SqlRetriever
 
-    retriever = open_retriever(Settings.from_env())
-    engine = retriever.engine
+    settings = Settings.from_env()
+    choice = ModelChoice.from_settings(settings)
+    describer = describer_key(build_describer(choice))
+    text_encoder, image_encoder = build_query_encoders(choice)  # the product's query encoder (ONNX MiniLM)
+    engine = get_engine(settings)  # a refreshed zoo: migrated by its refresh
+    retriever = SqlRetriever(engine, text_encoder, image_encoder, describer=describer.describer,
+                             prompt_version=describer.prompt_version, ef_search=settings.hnsw_ef_search)
     started = time.perf_counter()
-    catalogue = load_catalogue(engine, retriever)
+    catalogue = load_catalogue(engine, retriever.space, describer)
     queries, counts, held_out = build_queries(engine, catalogue, args.queries, args.seed)
     if not queries:
         sys.exit("no queries could be built: is the zoo refreshed (descriptions, embeddings)?")
@@ -696,6 +873,11 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
     dev = [q for q in queries if q.split == "dev"]
     test = [q for q in queries if q.split == "test"]
     defaults = {k: getattr(retriever.weights, k) for k in GRID}
+    default_weights = retriever.weights
+    semantic_weights = EngineWeights(**{**asdict(default_weights), **NO_EVIDENCE})
+    encode_started = time.perf_counter()
+    vectors = {q.qid: retriever.query_vector(q.query) for q in queries}  # each query encoded once, for every system
+    encode_s = time.perf_counter() - encode_started
     with HeldOut(engine, held_out) as held:
         generic = most_used_adapters(engine, GENERIC_ADAPTERS)
         for q in queries:
@@ -704,24 +886,37 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         print(f"held out {len(held_out)} images ({held.rows} references) from the co-usage links: {held.links} "
               f"links; {share:.0%} of the queries used one of the {GENERIC_ADAPTERS} most-used adapters, "
               f"{sum(bool(q.content) for q in queries)} used another")
-        zoo, semantic, oracle = System("zoo"), System("zoo semantic"), System("zoo + true checkpoint (oracle)")
-        zoo_ranked = run_zoo(retriever, queries, zoo)
-        zoo_same = System("zoo on the oracle's queries")
-        for q in queries:
-            if q.checkpoints:
-                zoo_same.add(q, zoo_ranked[q.qid][0], None)
-        run_zoo(with_weights(retriever, **NO_EVIDENCE), queries, semantic)
-        run_oracle(retriever, queries, oracle, families)
-        bm25 = System("bm25")
-        bm25_diff = run_bm25(catalogue, queries, bm25)
-        popular = System("popularity")
-        top_adapters, top_checkpoints = popularity_lists(catalogue)
-        for q in queries:
-            popular.add(q, top_adapters, top_checkpoints)
+        # The in-memory engine over the catalogue as it is now (the held-out links), not the stored generation.
+        build_started = time.perf_counter()
+        with engine.connect() as conn:
+            index = build_search_index(conn, retriever.space, space_dimension(text_encoder, image_encoder), describer)
+        search_engine = SearchEngine(index)
+        build_s = time.perf_counter() - build_started
+        print(f"engine: index of the held-out catalogue built in {build_s:.0f} s ({len(index)} versions, "
+              f"{len(index.arrays['link_adapter'])} links); queries encoded in {encode_s:.0f} s")
+        sql, mem = SqlLevels(retriever), EngineLevels(search_engine)
+        runs = {
+            "zoo": collect("zoo", queries, two_level(sql, vectors, default_weights)),
+            "semantic": collect("zoo semantic", queries, two_level(sql, vectors, semantic_weights)),
+            "oracle": collect("oracle", queries, oracle_level1(sql, vectors, default_weights, families)),
+            "engine": collect("engine", queries, two_level(mem, vectors, default_weights)),
+            "engine_semantic": collect("engine semantic", queries, two_level(mem, vectors, semantic_weights)),
+            "engine_oracle": collect("engine oracle", queries, oracle_level1(mem, vectors, default_weights, families)),
+        }
+        runs["engine_given_sql"] = collect("engine level 2 given the SQL's level 1", queries,
+                                           level2_given(mem, vectors, default_weights, runs["zoo"]))
+        bm25_answer, bm25_diff = bm25_system(catalogue, queries)
+        runs["bm25"] = collect("bm25", queries, bm25_answer)
+        runs["popularity"] = collect("popularity", queries, fixed(*popularity_lists(catalogue)))
+        zoo, semantic, oracle = runs["zoo"].system(queries), runs["semantic"].system(queries), \
+            runs["oracle"].system(queries)
+        zoo_same = runs["zoo"].system([q for q in queries if q.checkpoints], "zoo on the oracle's queries",
+                                      checkpoints=False)
+        bm25, popular = runs["bm25"].system(queries), runs["popularity"].system(queries)
         links = load_co_usage(engine)
         grid = None
         if not args.no_grid and dev and test:
-            pools = fetch_pools(retriever, dev)
+            pools = fetch_pools(retriever, dev, vectors)
             level2 = [rank_checkpoints(pool, links, *(defaults[name] for name in LEVEL1))[1][0] for pool in pools]
             coverage = {
                 "level-2 pool holds an answer": np.mean([bool(q.adapters & set(ids.tolist()))
@@ -733,13 +928,12 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
             for pool in pools:
                 adapters, checkpoints = rescore(pool, links, **defaults)
                 check.add(pool.query, adapters, checkpoints)
-                real = retriever.search(pool.query.query, top_k=TOP, top_checkpoints=TOP)
-                agree += adapters == [h.version_id for h in real.adapters] and \
-                    checkpoints == [h.version_id for h in real.checkpoints]
+                real = runs["zoo"].answers[pool.query.qid]
+                agree += adapters == real.adapters and checkpoints == real.checkpoints
             best, best_dev, ranking = grid_search(dev, lambda i, *first: rank_checkpoints(pools[i], links, *first))
-            default_test, tuned_test = System("test default"), System("test tuned")
-            run_zoo(retriever, test, default_test)
-            run_zoo(with_weights(retriever, **best), test, tuned_test)
+            default_test = runs["zoo"].system(test, "test default")
+            tuned_test = collect("test tuned", test, two_level(sql, vectors, EngineWeights(
+                **{**asdict(default_weights), **best}))).system(test)
             grid = True
     seconds = time.perf_counter() - started
 
@@ -754,6 +948,14 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
     print(f"(on the oracle's {oracle.adapters.n} queries the zoo with its own level 1 has adapter hit@10 "
           f"{fmt(zoo_same.adapters.summary()['hit_at_10'])}, MRR {fmt(zoo_same.adapters.summary()['mrr'])})")
     print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e})")
+    engine_vs_sql = print_comparison(
+        f"engine vs SQL path: the same {len(queries)} queries, query vectors and held-out co-usage; ovl = top-10 "
+        f"overlap, 1st ck= share with the same first checkpoint, ad same = identical adapter lists (order too)", [
+            ("default weights", "default", runs["zoo"], runs["engine"]),
+            ("semantic only (evidence weights 0)", "semantic", runs["semantic"], runs["engine_semantic"]),
+            ("true checkpoint given (oracle level 1)", "oracle", runs["oracle"], runs["engine_oracle"]),
+            ("level 2 given the SQL's first checkpoint", "level2_given_sql_checkpoint", runs["zoo"],
+             runs["engine_given_sql"])], queries, ("sql", "engine"))
     output = {"bench": "retrieval_quality", "queries": len(queries), "seed": args.seed,
               "zoo": headline(zoo), "zoo_semantic": headline(semantic), "bm25": headline(bm25),
               "popularity": headline(popular), "oracle_checkpoint": headline(oracle),
@@ -762,7 +964,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
                               "zoo_semantic": short(semantic.checkpoints.summary()),
                               "bm25": short(bm25.checkpoints.summary()),
                               "popularity": short(popular.checkpoints.summary())},
-              "default_weights": defaults}
+              "default_weights": defaults, "engine_vs_sql": engine_vs_sql}
     if grid:
         print()
         print(f"weight grid {LEVEL1 + LEVEL2} tuned on the dev half ({len(dev)} queries; level 1's weights for "
