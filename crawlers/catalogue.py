@@ -115,10 +115,17 @@ def normalise_pending(engine: Engine, *, workers: int = 1, progress: Callable[[i
     if workers > 1 and len(batches) > 1:
         # spawn, not fork: a forked child would share the parent's pooled database connections
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done, batch_outcome in enumerate(pool.map(normalise_batch, [url] * len(batches), batches), start=1):
-                outcome.add(batch_outcome)
-                if progress:
-                    progress(min(done * BATCH_SIZE, len(pending)), len(pending))
+            try:
+                for done, batch_outcome in enumerate(pool.map(normalise_batch, [url] * len(batches), batches),
+                                                     start=1):
+                    outcome.add(batch_outcome)
+                    if progress:
+                        progress(min(done * BATCH_SIZE, len(pending)), len(pending))
+            except Exception as error:
+                # The pool chains a worker's error to the worker's traceback as text, which error reports would
+                # take for the root cause (its first line says only '_RemoteTraceback:'): raise it as the worker did.
+                log.debug("a normalising worker failed:%s", error.__cause__)
+                raise error from None
     else:
         for done, batch in enumerate(batches, start=1):
             outcome.add(normalise_batch(url, batch))

@@ -271,3 +271,27 @@ def test_crawled_items_with_an_oversized_value_and_a_colliding_version_id(clean:
     assert "baseModel" in bad[380_003][1]
     assert "version id 3800000 belongs to model 380000" in bad[380_006][1]
     assert stored_ids(clean) == {item["id"] for item in items} - {380_003, 380_006}
+
+
+def test_a_full_disk_in_a_worker_fails_the_run_as_itself_and_quarantines_nothing(clean: Engine, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    """Postgres refusing writes for want of disk (SQLSTATE 53100) is no fault of the rows; the error a worker
+    process met is the one raised (not the pool's '_RemoteTraceback'), so the run's failure names it."""
+    monkeypatch.setattr(crawlers.catalogue, "BATCH_SIZE", 3)
+    items = [civitai_item(390_000 + n) for n in range(9)]
+    ingest_dump(clean, write_dump(tmp_path / "full.jsonl", items))
+    with clean.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION "
+            "'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$; "
+            "CREATE TRIGGER disk_full BEFORE INSERT ON model_versions FOR EACH STATEMENT EXECUTE FUNCTION disk_full()")
+    try:
+        with pytest.raises(Exception, match="No space left on device") as raised:
+            normalise_pending(clean, workers=2)
+        assert raised.value.__cause__ is None
+    finally:
+        with clean.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER disk_full ON model_versions; DROP FUNCTION disk_full()")
+    assert quarantined(clean) == {} and pending(clean) == 9
+    normalise_pending(clean, workers=2)
+    assert stored_ids(clean) == {item["id"] for item in items}
