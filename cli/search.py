@@ -8,21 +8,24 @@ from pathlib import Path
 
 from cli.output import EXIT_OK, err, out, print_json, table, usage_error
 from config import Settings
+from config.settings import CONTENT_LEVELS
 from serving.search import Filters, SearchResult
 
 MAX_QUERY_CHARS = 4000
 COMMERCIAL_USES = ("Image", "Rent", "RentCivit", "Sell")  # Civitai's allowCommercialUse values
-HIT_COLUMNS = ("name", "version", "base_model", "score", "weight", "trigger_words", "why")
+HIT_COLUMNS = ("name", "version", "role", "base_model", "score", "weight", "trigger_words", "why")
 
 
 def _filters(args: argparse.Namespace) -> Filters:
     return Filters(base_models=tuple(args.base_models or ()), types=tuple(args.types or ()),
-                   commercial_use=args.commercial_use, min_downloads=args.min_downloads)
+                   commercial_use=args.commercial_use, min_downloads=args.min_downloads,
+                   max_content_level=CONTENT_LEVELS[args.max_content_level] if args.max_content_level else None)
 
 
 def _as_json(result: SearchResult) -> dict:
     return {"checkpoints": [h.as_dict() for h in result.checkpoints],
-            "adapters": [h.as_dict() for h in result.adapters]}
+            "adapters": [h.as_dict() for h in result.adapters],
+            "negatives": [h.as_dict() for h in result.negatives]}
 
 
 def print_answers(answers: list[tuple[str, SearchResult]]) -> None:
@@ -39,10 +42,13 @@ def print_answers(answers: list[tuple[str, SearchResult]]) -> None:
 def _print_result(result: SearchResult) -> None:
     console = out()
     groups = [("Checkpoints", result.checkpoints),
-              *((f"Adapters: {kind}", hits) for kind, hits in result.adapters_by_kind.items())]
+              *((f"Adapters: {kind}", hits) for kind, hits in result.adapters_by_kind.items()),
+              ("Negative embeddings (for the negative prompt)", result.negatives)]
     for title, hits in groups:
+        if not hits:
+            continue
         console.print(table(title, HIT_COLUMNS, (
-            (hit.name, hit.version_name, hit.base_model or "-", f"{hit.score:.3f}",
+            (hit.name, hit.version_name, hit.role, hit.base_model or "-", f"{hit.score:.3f}",
              f"{hit.recommended_weight:.2g}" if hit.recommended_weight is not None else "-",
              ", ".join(hit.trigger_words[:3]), hit.why) for hit in hits)))
 
@@ -130,6 +136,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
     search.add_argument("--commercial-use", choices=COMMERCIAL_USES, help="the licence must allow this use")
     search.add_argument("--min-downloads", type=int, default=0, help="only versions downloaded at least N times")
+    search.add_argument("--max-content-level", choices=list(CONTENT_LEVELS),
+                        help="only models up to this level (the server's ZOO_MAX_CONTENT_LEVEL is the most)")
     search.add_argument("--rerank", action="store_true",
                         help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")
     search.add_argument("--json", action="store_true")

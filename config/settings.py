@@ -14,6 +14,27 @@ class SettingsError(ValueError):
     """A setting has a value the project cannot use; the message names the variable and what is expected."""
 
 
+# Civitai's browsing levels. The NSFW rule (crawlers/nsfw.py) keeps R and above out of serving whatever this allows.
+CONTENT_LEVELS = {"PG": 1, "PG-13": 2, "R": 4, "X": 8, "XXX": 16}
+
+
+def content_level_named(name: str, variable: str = "content level") -> int:
+    """The level of a name as users write it (PG, PG-13 / PG13, R, X, XXX)."""
+    key = name.strip().upper().replace("PG13", "PG-13")
+    if key not in CONTENT_LEVELS:
+        raise SettingsError(f"{variable}={name!r}: choose one of {', '.join(CONTENT_LEVELS)}")
+    return CONTENT_LEVELS[key]
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise SettingsError(f"{name}={raw!r}: use true or false")
+    return raw in ("1", "true", "yes", "on")
+
+
 def _float(env: dict[str, str], name: str, default: float, minimum: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -68,6 +89,8 @@ class Settings:
     lock_wait_seconds: float = 600.0
     max_removed_share: float = 0.05
     max_removed_floor: int = 20
+    max_content_level: int = 2  # CONTENT_LEVELS["PG-13"]
+    serve_likeness: bool = False
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -113,6 +136,9 @@ class Settings:
             raise SettingsError(f"ZOO_MAX_REMOVED_SHARE={removed_share!r} is a share of the served versions: "
                                 "at most 1")
         return cls(
+            max_content_level=content_level_named(env.get("ZOO_MAX_CONTENT_LEVEL") or "PG-13",
+                                                  "ZOO_MAX_CONTENT_LEVEL"),
+            serve_likeness=_bool(env, "ZOO_SERVE_LIKENESS", False),
             zoo_home=home,
             database_url=database_url,
             civitai_base_url=base_url,

@@ -66,6 +66,9 @@ class Model(Base):
     nsfw: Mapped[bool] = mapped_column(Boolean, nullable=False, comment="the zoo's decision (crawlers.nsfw)")
     nsfw_reason: Mapped[str] = mapped_column(Text, nullable=False)
     poi: Mapped[bool | None] = mapped_column(Boolean)
+    content_level: Mapped[int | None] = mapped_column(
+        Integer, comment="how far the model goes, like Civitai's browsing levels: 1 PG, 2 PG-13, 4 R, 8 X, 16 XXX")
+    content_level_reason: Mapped[str | None] = mapped_column(Text, comment="what set the content level")
     minor: Mapped[bool | None] = mapped_column(Boolean)
     mode: Mapped[str | None] = mapped_column(Text, comment="Archived / TakenDown when moderated")
     availability: Mapped[str | None] = mapped_column(Text)
@@ -338,6 +341,17 @@ class LexicalCorpus(Base):
     role: Mapped[str] = mapped_column(Text, primary_key=True)
     documents: Mapped[int] = mapped_column(Integer, nullable=False)
     average_length: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class VersionRole(Base):
+    """What search answers a served version as: checkpoint, content (answers a prompt), enhancer (a detail or
+    quality tweak used with any prompt) or negative (an embedding for the negative prompt); decided from usage."""
+
+    __tablename__ = "version_roles"
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(Text, nullable=False, comment="checkpoint, content, enhancer or negative")
+    reason: Mapped[str] = mapped_column(Text, nullable=False, comment="the evidence the role was decided from")
+    decided_at: Mapped[datetime] = _now()
 
 
 class SearchIndexGeneration(Base):

@@ -86,6 +86,21 @@ def load_index(engine: Engine, space: str, generation: int | None = None) -> Sto
     return StoredIndex(space, generation, manifest, arrays, {name: parts[name] for name in manifest["blobs"]})
 
 
+def load_array(engine: Engine, space: str, name: str) -> np.ndarray | None:
+    """One array of the newest generation of `space` (None when there is none), without loading the rest."""
+    with engine.connect() as conn:
+        generation = current_generation(conn, space)
+        if generation is None:
+            return None
+        spec = conn.execute(text("SELECT manifest -> 'arrays' -> :name FROM search_index_generations "
+                                 "WHERE space = :space AND generation = :generation"),
+                            {"name": name, "space": space, "generation": generation}).scalar_one()
+        data = b"".join(conn.execute(text("SELECT data FROM search_index_parts WHERE space = :space AND "
+                                          "generation = :generation AND part = :name ORDER BY chunk"),
+                                     {"space": space, "generation": generation, "name": name}).scalars())
+    return np.frombuffer(data, dtype=np.dtype(spec["dtype"])).reshape(spec["shape"]) if spec else None
+
+
 def _parts(conn: Connection, space: str, generation: int) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every part, its chunks joined; read in binary so bytea is not hex-encoded on the way."""
     cursor = driver_cursor(conn)

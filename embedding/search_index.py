@@ -20,6 +20,7 @@ from functools import cached_property
 import numpy as np
 import orjson
 from pgvector.psycopg import register_vector
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, Engine, text
 
 from db.copy import driver_cursor
@@ -29,25 +30,45 @@ from embedding.ann import MIN_ROWS as ANN_MIN_ROWS
 from embedding.ann import build_graph
 from embedding.describe_card import trigger_words_or_trained
 
-ROLES = ("checkpoint", "adapter")
-FORMAT_VERSION = 2
+ROLES = ("checkpoint", "adapter")  # how vectors are indexed (embeddings.role)
+SERVING_ROLES = ("checkpoint", "content", "enhancer", "negative")  # what search answers a version as (version_roles)
+FORMAT_VERSION = 3
 GRAPH = "graph:"  # blob name prefix of a slice's ANN graph
 DETAIL_FIELDS = ("name", "version_name", "type", "kind", "base_model", "base_model_family", "trigger_words",
                  "recommended_weight", "download_url", "file_name", "sha256", "description")
 
-_VERSIONS = """
+# The versions an index holds: served, with a vector in the space, within the serving limits (content level,
+# real-person likeness). Every query below reads the same rows.
+_HELD = """
+    FROM embeddings e JOIN served_model_versions s ON s.version_id = e.version_id JOIN models m ON m.id = s.model_id
+    WHERE e.space = %(space)s AND coalesce(m.content_level, 1) <= %(max_level)s
+      AND (%(likeness)s OR NOT coalesce(m.poi, false))"""
+_VERSIONS = f"""
     SELECT e.version_id, e.role, e.base_model_family, e.lexical_length, s.model_id, s.model_type, s.base_model,
            s.version_download_count AS downloads, s.allow_commercial_use, s.model_name, s.version_name,
-           s.trained_words, s.download_url, s.primary_file_name, s.primary_file_sha256
-    FROM embeddings e JOIN served_model_versions s ON s.version_id = e.version_id
-    WHERE e.space = :space ORDER BY e.version_id"""
+           s.trained_words, s.download_url, s.primary_file_name, s.primary_file_sha256,
+           coalesce(m.content_level, 1) AS content_level, coalesce(m.poi, false) AS likeness,
+           coalesce((SELECT r.role FROM version_roles r WHERE r.version_id = e.version_id),
+                    CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'content' END) AS serving_role
+    {_HELD} ORDER BY e.version_id"""
 # Per lexeme, the versions whose text holds it and how often: tf = the positions Postgres kept for it.
-_POSTINGS = """
+_POSTINGS = f"""
     SELECT u.lexeme, array_agg(e.version_id ORDER BY e.version_id) AS versions,
            array_agg(array_length(u.positions, 1) ORDER BY e.version_id) AS tfs
-    FROM embeddings e JOIN served_model_versions s ON s.version_id = e.version_id
-    CROSS JOIN LATERAL unnest(e.lexemes) u
-    WHERE e.space = %s GROUP BY u.lexeme ORDER BY u.lexeme"""
+    {_HELD.replace("WHERE", "CROSS JOIN LATERAL unnest(e.lexemes) u WHERE", 1)} GROUP BY u.lexeme ORDER BY u.lexeme"""
+_VECTORS = f"SELECT e.emb {_HELD} ORDER BY e.version_id"
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What the index may hold beyond the NSFW rule (which no setting lifts): models up to a content level (1 PG,
+    2 PG-13, 4 R, 8 X, 16 XXX), and real-person likenesses only when allowed."""
+
+    max_content_level: int = 2
+    likeness: bool = False
+
+    def params(self) -> dict:
+        return {"max_level": self.max_content_level, "likeness": self.likeness}
 
 
 @dataclass
@@ -130,15 +151,19 @@ class SearchIndex:
         return self.arrays["link_adapter"][start:end], self.arrays["link_images"][start:end]
 
 
-def build_search_index(conn: Connection, space: str, dimension: int, describer: DescriberKey) -> SearchIndex:
-    """The space's index from the catalogue as it is now (served versions only; vectors of `dimension`)."""
-    rows = conn.execute(text(_VERSIONS), {"space": space}).mappings().all()
+def build_search_index(conn: Connection, space: str, dimension: int, describer: DescriberKey,
+                       limits: ServingLimits = ServingLimits()) -> SearchIndex:
+    """The space's index from the catalogue as it is now (served versions within `limits`; vectors of
+    `dimension`)."""
+    params = {"space": space, **limits.params()}
+    rows = conn.connection.driver_connection.cursor(row_factory=dict_row).execute(_VERSIONS, params).fetchall()
     ids = np.array([row["version_id"] for row in rows], dtype=np.int64)  # ascending: the queries' order
     descriptions = preferred_description_rows(conn, describer)
     codes = {"family": _distinct(row["base_model_family"] for row in rows),
              "model_type": _distinct(row["model_type"] for row in rows),
              "base_model": _distinct(row["base_model"] or "" for row in rows),
-             "licence": _distinct(use for row in rows for use in (row["allow_commercial_use"] or ()))}
+             "licence": _distinct(use for row in rows for use in (row["allow_commercial_use"] or ())),
+             "serving_role": list(SERVING_ROLES)}
     arrays = {
         "version_id": ids,
         "model_id": np.array([row["model_id"] for row in rows], dtype=np.int64),
@@ -150,12 +175,15 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
                              for row in rows], dtype=np.int64),
         "downloads": np.array([row["downloads"] or 0 for row in rows], dtype=np.int64),
         "lexical_length": np.array([row["lexical_length"] for row in rows], dtype=np.int32),
-        "vectors": _vectors(conn, space, len(ids), dimension),
+        "content_level": np.array([row["content_level"] for row in rows], dtype=np.int16),
+        "likeness": np.array([row["likeness"] for row in rows], dtype=bool),
+        "serving_role": _coded(codes["serving_role"], (row["serving_role"] for row in rows)),
+        "vectors": _vectors(conn, params, len(ids), dimension),
     }
     order = np.lexsort((ids, arrays["family"], arrays["role"]))  # rows by (role, family, version id)
     arrays = {name: array[order] for name, array in arrays.items()}
     rows = [rows[i] for i in order.tolist()]
-    lexemes, postings = _postings(conn, space, ids, order)
+    lexemes, postings = _postings(conn, params, ids, order)
     arrays.update(postings)
     arrays.update(_links(conn))
     details = {name: [] for name in DETAIL_FIELDS}
@@ -171,7 +199,10 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
                             ("download_url", row["download_url"]), ("file_name", row["primary_file_name"]),
                             ("sha256", row["primary_file_sha256"]), ("description", found.get("text") or "")):
             details[name].append(value)
-    settings = {"format": FORMAT_VERSION, "describer": describer.describer, "prompt_version": describer.prompt_version}
+    codes["kind"] = _distinct(details["kind"])
+    arrays["kind"] = _coded(codes["kind"], details["kind"])
+    settings = {"format": FORMAT_VERSION, "describer": describer.describer, "prompt_version": describer.prompt_version,
+                "max_content_level": limits.max_content_level, "likeness": limits.likeness}
     index = SearchIndex(space, 0, arrays, codes, details, lexemes, settings)
     index.graphs = {f"{role}:{family}": build_graph(index.vectors[rows])
                     for role, family, rows in index.segments() if rows.stop - rows.start >= ANN_MIN_ROWS}
@@ -208,26 +239,26 @@ def _coded(names: Sequence[str], values) -> np.ndarray:
     return np.array([lookup[value] for value in values], dtype=np.int16)
 
 
-def _vectors(conn: Connection, space: str, count: int, dimension: int) -> np.ndarray:
+def _vectors(conn: Connection, params: dict, count: int, dimension: int) -> np.ndarray:
     """The served versions' vectors in version-id order, float32 [count, dim]."""
     register_vector(conn.connection.driver_connection)
     cursor = driver_cursor(conn)
-    cursor.execute("SELECT e.emb FROM embeddings e JOIN served_model_versions s ON s.version_id = e.version_id "
-                   "WHERE e.space = %s ORDER BY e.version_id", (space,), binary=True)
+    cursor.execute(_VECTORS, params, binary=True)
     vectors = [np.asarray(row[0].to_numpy(), dtype=np.float32) for row in cursor]
     if len(vectors) != count:
-        raise RuntimeError(f"space {space}: {len(vectors)} vectors for {count} versions (changed while building?)")
+        raise RuntimeError(f"space {params['space']}: {len(vectors)} vectors for {count} versions "
+                           "(changed while building?)")
     return np.stack(vectors) if vectors else np.zeros((0, dimension), dtype=np.float32)
 
 
-def _postings(conn: Connection, space: str, ids: np.ndarray,
+def _postings(conn: Connection, params: dict, ids: np.ndarray,
               order: np.ndarray) -> tuple[list[str], dict[str, np.ndarray]]:
     """Lexemes (sorted) and CSR postings: term_start[t]..term_start[t+1] index posting_rows/posting_tf, rows
     ascending within a term. `ids` are the version ids ascending, `order` the rows' permutation of them."""
     row_of_sorted = np.empty(len(order), dtype=np.int32)
     row_of_sorted[order] = np.arange(len(order), dtype=np.int32)
     cursor = driver_cursor(conn)
-    cursor.execute(_POSTINGS, (space,), binary=True)
+    cursor.execute(_POSTINGS, params, binary=True)
     lexemes, starts, rows, tfs = [], [0], [], []
     for lexeme, versions, frequencies in cursor:
         term_rows = row_of_sorted[np.searchsorted(ids, np.asarray(versions, dtype=np.int64))]

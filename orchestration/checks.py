@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 from crawlers.nsfw import NSFW_BITS
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
+from db.search_index_store import load_array
 from embedding.refresh import space_dimension, space_name
 from orchestration.assets import adapter_checkpoint_links, zoo_catalogue
 from orchestration.embedding_assets import retrieval_index
@@ -88,4 +89,28 @@ def no_nsfw_model_has_a_vector(database: DatabaseResource) -> AssetCheckResult:
     return AssetCheckResult(passed=not offenders, metadata={"models": offenders})
 
 
-RETRIEVAL_CHECKS = [every_served_version_has_a_vector, no_nsfw_model_has_a_vector]
+@asset_check(asset=retrieval_index, blocking=True,
+             description="The search index serving loads holds no model beyond the serving limits: none NSFW or "
+                         "deleted, none above the content level, no real-person likeness unless allowed.")
+def nothing_beyond_the_serving_limits_indexed(database: DatabaseResource, models: ModelsResource) -> AssetCheckResult:
+    text_encoder, image_encoder = models.encoders()
+    engine, limits = database.engine(), database.serving_limits()
+    versions = load_array(engine, space_name(text_encoder, image_encoder), "version_id")
+    with engine.connect() as conn:
+        offenders = conn.execute(text(
+            """
+            SELECT v.id, m.name, m.nsfw, m.deleted_at IS NOT NULL AS deleted, m.content_level, m.poi
+            FROM model_versions v JOIN models m ON m.id = v.model_id
+            WHERE v.id = ANY(:versions) AND (m.nsfw OR m.deleted_at IS NOT NULL OR coalesce(m.nsfw_level, 0) & :bits <> 0
+                  OR coalesce(m.content_level, 1) > :level OR (coalesce(m.poi, false) AND NOT :likeness))
+            ORDER BY v.id LIMIT 20
+            """
+        ), {"versions": [] if versions is None else versions.tolist(), "bits": NSFW_BITS,
+            "level": limits.max_content_level, "likeness": limits.likeness}).mappings().all()
+    return AssetCheckResult(passed=not offenders, metadata={
+        "indexed_versions": 0 if versions is None else len(versions), "max_content_level": limits.max_content_level,
+        "likeness_served": limits.likeness, "offenders": [dict(row) for row in offenders]})
+
+
+RETRIEVAL_CHECKS = [every_served_version_has_a_vector, no_nsfw_model_has_a_vector,
+                    nothing_beyond_the_serving_limits_indexed]

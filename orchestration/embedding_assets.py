@@ -19,7 +19,8 @@ from db import locks
 from db.lexicon import rebuild_lexicon
 from db.vectors import delete_unserved, ensure_hnsw_indexes, sync_families
 from embedding.refresh import describe_pending, describer_key, embed_pending, space_dimension, space_name
-from embedding.search_index import build_search_index, store_search_index
+from embedding.search_index import ServingLimits, build_search_index, store_search_index
+from embedding.serving_policy import refresh_serving_policy
 from orchestration.assets import adapter_checkpoint_links
 from orchestration.metadata import AssetReport
 from orchestration.models import ModelsResource
@@ -77,16 +78,18 @@ def shard_locks(database: DatabaseResource, step: str, shard: int, shards: int) 
 
 @asset(group_name=RETRIEVAL_GROUP, kinds={"postgres"}, automation_condition=FOLLOW_UPSTREAM,
        deps=["zoo_embeddings"],  # every shard of it
-       description="The in-memory search index of the served versions (a new generation serving processes load), "
+       description="Each model's content level and each served version's role (content, enhancer, negative), then "
+                   "the in-memory search index of the served versions within the serving limits (a new "
+                   "generation serving processes load), "
                    "per-space partial HNSW indexes and word statistics for SQL users; vectors and descriptions of "
                    "no-longer-served versions removed.")
 def retrieval_index(context: AssetExecutionContext, database: DatabaseResource,
                     models: ModelsResource) -> MaterializeResult:
     with database.lock(locks.INDEX, holder="zoo retrieval_index") as engine:
-        return _build_index(engine, models)
+        return _build_index(engine, models, database.serving_limits())
 
 
-def _build_index(engine: Engine, models: ModelsResource) -> MaterializeResult:
+def _build_index(engine: Engine, models: ModelsResource, limits: ServingLimits) -> MaterializeResult:
     report = AssetReport()
     text_encoder, image_encoder = models.encoders()
     space, dimension = space_name(text_encoder, image_encoder), space_dimension(text_encoder, image_encoder)
@@ -97,7 +100,10 @@ def _build_index(engine: Engine, models: ModelsResource) -> MaterializeResult:
     with engine.begin() as conn:
         report.add(lexicon_words=rebuild_lexicon(conn, space), vectors=conn.execute(
             text("SELECT count(*) FROM embeddings WHERE space = :s"), {"s": space}).scalar_one())
+    describer = describer_key(models.load_describer())
+    with engine.begin() as conn:
+        report.add(refresh_serving_policy(conn, describer))
     with engine.begin() as conn:  # the generation, its parts and its notification commit together
-        index = build_search_index(conn, space, dimension, describer_key(models.load_describer()))
+        index = build_search_index(conn, space, dimension, describer, limits)
         report.add(search_index_generation=store_search_index(conn, index), search_index_versions=len(index))
     return report.result()

@@ -15,6 +15,7 @@ from crawlers.civitai_client import CivitaiClient
 from db.engine import engine_for_url, url_or_embedded
 from db.locks import ZooBusy, advisory_lock
 from db.migrate import ensure_migrated
+from embedding.search_index import ServingLimits
 from orchestration.models import ModelsResource
 
 
@@ -31,6 +32,8 @@ class DatabaseResource(ConfigurableResource):
     lock_wait_seconds: float = 600.0
     max_removed_share: float = 0.05
     max_removed_floor: int = 20
+    max_content_level: int = 2
+    serve_likeness: bool = False
 
     def engine(self) -> Engine:
         """The engine, with the schema migrated to head (the pipeline's first step on a new database)."""
@@ -49,6 +52,10 @@ class DatabaseResource(ConfigurableResource):
 
     def withdrawal_limit(self) -> WithdrawalLimit:
         return WithdrawalLimit(share=self.max_removed_share, floor=self.max_removed_floor)
+
+    def serving_limits(self) -> ServingLimits:
+        """What the search index may hold beyond the NSFW rule."""
+        return ServingLimits(max_content_level=self.max_content_level, likeness=self.serve_likeness)
 
 
 
@@ -92,7 +99,9 @@ def zoo_resources(settings: Settings, *, secrets_as_env_vars: bool = False) -> d
                                      embedded_dir=str(settings.embedded_pg_dir),
                                      lock_wait_seconds=settings.lock_wait_seconds,
                                      max_removed_share=settings.max_removed_share,
-                                     max_removed_floor=settings.max_removed_floor),
+                                     max_removed_floor=settings.max_removed_floor,
+                                     max_content_level=settings.max_content_level,
+                                     serve_likeness=settings.serve_likeness),
         "civitai": CivitaiResource.from_settings(settings, api_key=secret(settings.civitai_api_key, "CIVITAI_API_KEY")),
         "models": ModelsResource.from_settings(
             settings, describer_api_key=secret(settings.describer_api_key, "ZOO_DESCRIBER_API_KEY")),

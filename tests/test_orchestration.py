@@ -39,7 +39,7 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
     check_names = {key.name for key in graph.asset_check_keys}
     assert check_names == {"nothing_nsfw_served", "no_served_model_without_a_version",
                            "links_point_at_existing_versions", "every_served_version_has_a_vector",
-                           "no_nsfw_model_has_a_vector"}
+                           "no_nsfw_model_has_a_vector", "nothing_beyond_the_serving_limits_indexed"}
 
 
 def test_jobs_select_asset_groups_and_the_settings_set_the_shards(settings) -> None:

@@ -166,3 +166,43 @@ def plain(prompt: str) -> str:
     from crawlers.a1111 import plain_text
 
     return plain_text(prompt)
+
+
+def test_serving_limits_keep_likenesses_and_mature_models_out_of_the_index(zoo_settings, retriever, engine) -> None:
+    """A real person's likeness and an R-rated (but SFW by the NSFW rule) model are in the catalogue but not in
+    the index a refresh stores, and the blocking check catches an index built past the limits."""
+    from embedding.search_index import ServingLimits
+    from orchestration.checks import nothing_beyond_the_serving_limits_indexed
+    from orchestration.resources import zoo_resources
+
+    with engine.begin() as conn:
+        likeness, mature = conn.execute(text(
+            "SELECT id FROM models WHERE type = 'LORA' AND NOT nsfw ORDER BY id LIMIT 2")).scalars().all()
+        names = dict(conn.execute(text("SELECT id, name FROM models WHERE id IN (:a, :b)"),
+                                  {"a": likeness, "b": mature}).all())
+        conn.execute(text("UPDATE models SET poi = true WHERE id = :id"), {"id": likeness})
+        conn.execute(text("UPDATE models SET tags = tags || '{ecchi}' WHERE id = :id"), {"id": mature})
+    try:
+        outcome = refresh_zoo(zoo_settings, dump_path=str(snapshot_path()), workers=1)
+        assert outcome.success, outcome.failures()
+        assert outcome.checks()["nothing_beyond_the_serving_limits_indexed"]
+        with engine.connect() as conn:
+            level = conn.execute(text("SELECT content_level_reason FROM models WHERE id = :id"), {"id": mature})
+            assert level.scalar_one() == "tag 'ecchi'"
+        index = load_search_index(engine, retriever.space)
+        assert not {likeness, mature} & set(index.arrays["model_id"].tolist())
+        assert index.settings["max_content_level"] == 2 and index.settings["likeness"] is False
+        resources = zoo_resources(zoo_settings)
+        with engine.begin() as conn:
+            store_search_index(conn, build_search_index(conn, retriever.space, retriever.dimension,
+                                                        retriever.describer_key, ServingLimits(16, True)))
+        result = nothing_beyond_the_serving_limits_indexed(database=resources["database"],
+                                                           models=resources["models"])
+        offenders = result.metadata["offenders"].value
+        assert not result.passed
+        assert {row["name"] for row in offenders} == set(names.values())
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE models SET poi = false WHERE id = :id"), {"id": likeness})
+            conn.execute(text("UPDATE models SET tags = array_remove(tags, 'ecchi') WHERE id = :id"), {"id": mature})
+        assert refresh_zoo(zoo_settings, dump_path=str(snapshot_path()), workers=1).success

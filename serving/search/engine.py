@@ -18,9 +18,11 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from crawlers.a1111 import plain_text
+from crawlers.nsfw import LEVEL_NAMES
 from embedding.search_index import SearchIndex
 from serving.search.nearest import NearestNeighbours
-from serving.search.results import Filters, Hit
+from serving.search.selection import Invitations, select
+from serving.search.results import Filters, Hit, SearchResult
 from serving.search.words import query_terms
 
 BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults (the benchmark's baseline)
@@ -28,6 +30,8 @@ RARE_TERMS = 8  # the query's rarest words pick the lexical candidates
 RARE_SHARE = 0.05  # a word in more than this share of a role's texts picks none (BM25 still counts it)
 POPULAR_DOWNLOADS = 1_000_000.0  # popularity reaches 1 at this many downloads (log scale)
 CO_USED_IMAGES = 50.0  # co-usage reaches 1 at this many images made with the chosen checkpoint (log scale)
+LORA_FAMILY = ("LORA", "LoCon", "DoRA", "LyCORIS")  # what the adapter list holds unless a search asks for types
+NEGATIVES = 3  # negative embeddings a search suggests for the chosen checkpoint
 _HIT_FIELDS = {f.name for f in fields(Hit)}
 
 
@@ -102,8 +106,24 @@ class SearchEngine:
             lengths = arrays["lexical_length"][index.segment(role)]
             self._corpus[role] = (len(lengths), float(lengths.mean()) if len(lengths) else 0.0)
         self._popular: dict[tuple[str, str | None], np.ndarray] = {}
+        self.invitations = Invitations(index)
+        codes = index.code
+        self._lora_family = [codes("model_type", name) for name in LORA_FAMILY]
+        self._negative = codes("serving_role", "negative")
+        order = np.lexsort((-index.version_ids, index.arrays["model_id"]))
+        self._versions_of: dict[int, list[int]] = {}
+        for row in order.tolist():
+            self._versions_of.setdefault(int(index.arrays["model_id"][row]), []).append(int(index.version_ids[row]))
 
     # ---- the two levels ---------------------------------------------------------------------------------------
+
+    def search(self, q: np.ndarray, words: str | None, *, top_k: int = 10, top_checkpoints: int = 3,
+               filters: Filters = Filters(), weights: Weights | None = None) -> SearchResult:
+        """Both levels and the negative embeddings for the chosen checkpoint, from one generation of the index."""
+        checkpoints = self.checkpoints(q, top_checkpoints, filters, words, weights) if top_checkpoints else []
+        checkpoint = checkpoints[0] if checkpoints else None
+        return SearchResult(checkpoints, self.adapters(q, checkpoint, top_k, filters, words, weights),
+                            self.negatives(checkpoint, filters, weights) if checkpoint else [])
 
     def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters(), words: str | None = None,
                     weights: Weights | None = None) -> list[Hit]:
@@ -116,7 +136,8 @@ class SearchEngine:
         pool = self._pool(rows[self._passes(rows, replace(filters, types=()))], q, terms, "checkpoint")
         scores = (pool.similarity + weights.checkpoint_popularity * self._popularity[pool.rows]
                   + weights.checkpoint_lexical * pool.lexical)
-        return [self._hit(pool, i, scores[i], terms, None) for i in self._best(pool, scores, top_k)]
+        chosen = select(self.index, pool.rows, scores, top_k, enhancer_cap=None, near_duplicate=None)
+        return [self._hit(pool, i, scores[i], terms, None) for i in chosen]
 
     def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
                  words: str | None = None, weights: Weights | None = None) -> list[Hit]:
@@ -135,17 +156,42 @@ class SearchEngine:
             co_used = self._rows_of(adapters[: self.pools.co_used], "adapter")
         rows = _union(similar, self.popular("adapter", family), co_used,
                       self._rare_candidates(terms, segment, "adapter"))
-        keep = self._passes(rows, filters) & (self.index.arrays["model_type"][rows]
-                                              != self.index.code("model_type", "Checkpoint"))
+        keep = self._passes(rows, filters) & (self.index.arrays["serving_role"][rows] != self._negative)
+        if not filters.types:
+            keep &= np.isin(self.index.arrays["model_type"][rows], self._lora_family)
         if family is not None:
             keep &= self.index.arrays["family"][rows] == self.index.code("family", family)
         pool = self._pool(rows[keep], q, terms, "adapter")
         pool.co_images = np.array([images.get(v, 0) for v in self.index.version_ids[pool.rows].tolist()],
                                   dtype=np.float64)
         co_usage = np.minimum(1.0, np.log1p(pool.co_images) / math.log(CO_USED_IMAGES))
-        scores = (pool.similarity + weights.adapter_popularity * self._popularity[pool.rows]
-                  + weights.co_usage * co_usage + weights.adapter_lexical * pool.lexical)
-        return [self._hit(pool, i, scores[i], terms, checkpoint) for i in self._best(pool, scores, top_k)]
+        invited = self.invitations.invited(pool.rows, pool.similarity, self._rare_lexemes(terms, "adapter"))
+        usage = weights.adapter_popularity * self._popularity[pool.rows] + weights.co_usage * co_usage
+        scores = pool.similarity + np.where(invited, usage, 0.0) + weights.adapter_lexical * pool.lexical
+        return [self._hit(pool, i, scores[i], terms, checkpoint) for i in select(self.index, pool.rows, scores, top_k)]
+
+    def negatives(self, checkpoint: Hit, filters: Filters = Filters(), weights: Weights | None = None,
+                  k: int = NEGATIVES) -> list[Hit]:
+        """The negative embeddings of the checkpoint's family that suit it: used with it most, then most
+        downloaded (they do not depend on the prompt)."""
+        weights = weights or self.weights
+        segment = self.index.segment("adapter", checkpoint.base_model_family)
+        rows = np.arange(segment.start, segment.stop)
+        rows = rows[(self.index.arrays["serving_role"][rows] == self._negative) & self._passes(rows, filters)]
+        adapters, counts = self.index.co_used(checkpoint.version_id)
+        images = dict(zip(adapters.tolist(), counts.tolist(), strict=True))
+        co_images = np.array([images.get(v, 0) for v in self.index.version_ids[rows].tolist()], dtype=np.float64)
+        pool = _Pool(rows, np.zeros(len(rows)), np.zeros((0, len(rows))), np.zeros(len(rows)), co_images)
+        scores = (weights.co_usage * np.minimum(1.0, np.log1p(co_images) / math.log(CO_USED_IMAGES))
+                  + self._popularity[rows])
+        empty = _Terms(np.zeros(0, dtype=np.int64), [], np.zeros(0), np.zeros(0), np.zeros(0))
+        return [self._hit(pool, i, scores[i], empty, checkpoint)
+                for i in select(self.index, rows, scores, k, enhancer_cap=None, near_duplicate=None)]
+
+    def _rare_lexemes(self, terms: _Terms, role: str) -> frozenset[str]:
+        """The query's words that are rare in the role's texts: the ones that can name something."""
+        rare = terms.documents <= RARE_SHARE * self._corpus[role][0]
+        return frozenset(self.index.lexemes[int(term)] for term in terms.ids[rare])
 
     def _pool(self, rows: np.ndarray, q: np.ndarray, terms: _Terms, role: str) -> _Pool:
         """The candidates' evidence: similarity, term frequencies of the query's words, BM25 relative to the best."""
@@ -153,10 +199,6 @@ class SearchEngine:
         bm25 = self._bm25(rows, terms, role, tf)
         best = bm25.max() if len(bm25) else 0.0
         return _Pool(rows, self._similarity(rows, q), tf, bm25 / best if best > 0 else bm25, np.zeros(len(rows)))
-
-    def _best(self, pool: _Pool, scores: np.ndarray, k: int) -> np.ndarray:
-        """Positions in the pool of the k best candidates: score descending, then version id ascending."""
-        return np.lexsort((self.index.version_ids[pool.rows], -scores))[:k]
 
     # ---- candidate sources ------------------------------------------------------------------------------------
 
@@ -211,6 +253,8 @@ class SearchEngine:
             keep &= (arrays["licence"][rows] & (1 << bit)) != 0 if bit >= 0 else False
         if filters.min_downloads:
             keep &= arrays["downloads"][rows] >= filters.min_downloads
+        if filters.max_content_level:
+            keep &= arrays["content_level"][rows] <= filters.max_content_level
         if filters.families:
             keep &= np.isin(arrays["family"][rows], [self.index.code("family", f) for f in filters.families])
         return keep
@@ -272,7 +316,11 @@ class SearchEngine:
         values.update(model_id=int(index.arrays["model_id"][row]), version_id=int(index.version_ids[row]),
                       score=round(float(score), 6), similarity=round(similarity, 6), downloads=downloads,
                       co_usage_images=co_images, trigger_words=list(values["trigger_words"]),
-                      why="; ".join(why), lexical=round(lexical, 6), matched_words=words)
+                      why="; ".join(why), lexical=round(lexical, 6), matched_words=words,
+                      role=index.codes["serving_role"][int(index.arrays["serving_role"][row])],
+                      content_level=LEVEL_NAMES.get(int(index.arrays["content_level"][row]), ""),
+                      other_versions=[v for v in self._versions_of[int(index.arrays["model_id"][row])]
+                                      if v != int(index.version_ids[row])])
         return Hit(**{name: value for name, value in values.items() if name in _HIT_FIELDS})
 
 

@@ -17,6 +17,7 @@ class Filters:
     commercial_use: str | None = None  # e.g. 'Image', 'Rent', 'Sell': the licence must allow it
     min_downloads: int = 0
     families: Sequence[str] = ()  # base-model families (SD1.x, SDXL, ...): e.g. what a pipeline can load
+    max_content_level: int | None = None  # 1 PG, 2 PG-13, ...: at most the server's (config.settings.CONTENT_LEVELS)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class Hit:
     matched_words: list[str] = field(default_factory=list)  # the query's words found in the embedded text
     rerank_score: float | None = None
     rerank_round: int | None = None
+    role: str = ""  # checkpoint, content, enhancer or negative (crawlers/roles.py)
+    content_level: str = ""  # PG, PG-13, ... (crawlers/nsfw.py)
+    other_versions: list[int] = field(default_factory=list)  # the model's other served versions, newest id first
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +57,18 @@ class Hit:
 
 @dataclass
 class SearchResult:
-    """Both levels' answers: the checkpoints, then the adapters chosen for the first checkpoint."""
+    """Both levels' answers: the checkpoints, then the adapters chosen for the first checkpoint (LoRA-family,
+    content and enhancers, one version per model), and the negative embeddings that suit that checkpoint."""
 
     checkpoints: list[Hit]
     adapters: list[Hit]
-    adapters_by_kind: dict[str, list[Hit]] = field(default_factory=dict)
+    negatives: list[Hit] = field(default_factory=list)
+
+    @property
+    def adapters_by_kind(self) -> dict[str, list[Hit]]:
+        """The adapters by kind, kinds in KIND_ORDER (unknown kinds last, by name), hits in rank order."""
+        by_kind: dict[str, list[Hit]] = {}
+        for hit in self.adapters:
+            by_kind.setdefault(hit.kind, []).append(hit)
+        rank = {kind: position for position, kind in enumerate(KIND_ORDER)}
+        return {kind: by_kind[kind] for kind in sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))}

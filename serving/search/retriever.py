@@ -12,7 +12,7 @@ from embedding.refresh import space_dimension, space_name
 from embedding.search_index import SearchIndex
 from serving.search.engine import PoolSizes, SearchEngine, Weights
 from serving.search.live import LiveIndex
-from serving.search.results import KIND_ORDER, Filters, Hit, SearchResult
+from serving.search.results import Filters, Hit, SearchResult
 
 
 class Retriever:
@@ -68,15 +68,6 @@ class Retriever:
         """Both levels for a text query, an image, or both: the checkpoints, then adapters for the first one."""
         q = self.query_vector(query, image)
         engine = self.search_engine  # one generation for both levels, whatever a swap does meanwhile
-        checkpoints = engine.checkpoints(q, top_checkpoints, filters, query, self.weights) if top_checkpoints else []
-        adapters = engine.adapters(q, checkpoints[0] if checkpoints else None, top_k, filters, query, self.weights)
-        return SearchResult(checkpoints, adapters, group_by_kind(adapters))
+        return engine.search(q, query, top_k=top_k, top_checkpoints=top_checkpoints, filters=filters,
+                             weights=self.weights)
 
-
-def group_by_kind(adapters: list[Hit]) -> dict[str, list[Hit]]:
-    """The adapters by kind, kinds in KIND_ORDER (unknown kinds last, by name), hits in rank order."""
-    by_kind: dict[str, list[Hit]] = {}
-    for hit in adapters:
-        by_kind.setdefault(hit.kind, []).append(hit)
-    rank = {kind: position for position, kind in enumerate(KIND_ORDER)}
-    return {kind: by_kind[kind] for kind in sorted(by_kind, key=lambda k: (rank.get(k, len(rank)), k))}
