@@ -162,3 +162,15 @@ def test_bad_adapters_are_refused(bad):
         compose("x", [], max_styles=-1)
     with pytest.raises(TypeError):
         compose(None, [])
+
+
+def test_enhancers_need_no_keyword_and_are_capped() -> None:
+    from dataclasses import replace
+
+    tweak = replace(Adapter(901, "Detail Tweaker", "concept", score=9.0), role="enhancer")
+    other = replace(Adapter(902, "Add More Details", "concept", score=8.0), role="enhancer")
+    fox = Adapter(903, "Fox Spirit", "character", ("fox spirit",), score=1.0)
+    composition = compose("a fox spirit in a forest", [tweak, other, fox])
+    chosen = [item.adapter.version_id for item in composition.adapters]
+    assert 901 in chosen and 902 not in chosen and 903 in chosen
+    assert _ids(compose("a fox spirit in a forest", [tweak, other], max_enhancers=2)) == [901, 902]

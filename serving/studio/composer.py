@@ -8,6 +8,8 @@ Rules, in the order they apply (adapters are taken best score first: the reranke
   prompt's words and its name, description and trigger words; an adapter that serves no keyword is not used;
 - one adapter per keyword, unless they agree (same kind, both scores at least `agree_score`): an adapter that
   conflicts on a keyword keeps only its other keywords;
+- an enhancer (role "enhancer": a detail or quality tweak) serves the whole image, not a keyword: at most
+  `max_enhancers` of them;
 - at most `max_styles` style adapters, at most `max_adapters` in all;
 - no character adapter unless the prompt names that character: its name or a trigger word appears in the prompt,
   or it serves a capitalised proper noun of the prompt ("Hatsune Miku", "portrait of Ada");
@@ -81,6 +83,9 @@ class Composable(Protocol):
     @property
     def file_name(self) -> str | None: ...  # A1111 finds a LoRA by its file stem
 
+    @property
+    def role(self) -> str: ...  # "enhancer": a detail or quality tweak, composed without a keyword of its own
+
 
 KeywordMapper = Callable[[str, Sequence[str], Sequence[Composable]], Mapping[int, Sequence[str]]]
 
@@ -107,6 +112,9 @@ class Composition:
     adapters: list[Chosen] = field(default_factory=list)
     prompt: str = ""
     a1111: str = ""
+
+
+ENHANCER_KEYWORD = "whole image"  # what an enhancer serves
 
 
 def composed_kind(kind: str) -> str:
@@ -271,13 +279,14 @@ def _format_weight(weight: float) -> str:
 
 
 def compose(prompt: str, adapters: Sequence[Composable], *, keywords: Mapping[int, Sequence[str]] | None = None,
-            max_styles: int = 2, max_adapters: int = 6, agree_score: float = 0.0,
+            max_styles: int = 2, max_adapters: int = 6, max_enhancers: int = 1, agree_score: float = 0.0,
             mapper: KeywordMapper | None = None) -> Composition:
     """The final adapters (best score first), the prompt with their trigger words, and its A1111 form. `keywords`
     names the prompt keywords some adapters serve (version id -> keywords), over the mapper and word overlap."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    for option, value in (("max_styles", max_styles), ("max_adapters", max_adapters)):
+    for option, value in (("max_styles", max_styles), ("max_adapters", max_adapters),
+                          ("max_enhancers", max_enhancers)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{option} must be an integer >= 0, got {value!r}")
     for adapter in adapters:
@@ -292,6 +301,11 @@ def compose(prompt: str, adapters: Sequence[Composable], *, keywords: Mapping[in
         if len(chosen) >= max_adapters:
             break
         kind = composed_kind(adapter.kind)
+        if adapter.role == "enhancer":  # serves the whole image, not a keyword; a couple at most
+            if sum(a.role == "enhancer" for a, _ in chosen) < max_enhancers:
+                chosen.append((adapter, (ENHANCER_KEYWORD,)))
+                owners.setdefault(ENHANCER_KEYWORD, []).append(adapter)
+            continue
         if kind == "style" and sum(composed_kind(a.kind) == "style" for a, _ in chosen) >= max_styles:
             continue
         served = tuple(k for k in served_by[adapter.version_id]

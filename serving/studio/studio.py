@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ __all__ = ["Studio", "StudioError", "UnknownVersion", "default_studio", "set_def
 
 IMAGE_STYLE_KEYWORD = "image style"  # what a style LoRA retrieved from the image serves (the composer keeps it)
 LOADABLE = Filters(families=LOADABLE_FAMILIES)  # retrieval never picks a checkpoint the pipelines cannot load
+SUGGESTED_NEGATIVES = 2  # negative embeddings added to an empty negative prompt
 NO_CHECKPOINT = "the zoo has no checkpoint {}: run `zoo refresh` (or `zoo demo`) first"
 
 
@@ -63,6 +64,7 @@ class _Choice:
     checkpoint: Hit
     composition: Composition
     retrieval: dict[str, str]
+    negatives: list[Hit] = field(default_factory=list)  # embeddings search suggests for the negative prompt
 
 
 @dataclass(frozen=True)
@@ -196,27 +198,39 @@ class Studio:
                      "adapters": "given" if given is not None else "retrieved by text"}
         if given is None and rerank:
             retrieval["adapters"] += ", reranked"
-        checkpoint, hits = self._retrieve(prompt, checkpoint, given is None, top_k)
+        checkpoint, hits, negatives = self._retrieve(prompt, checkpoint, given is None, top_k)
         if given is not None:
             composition = render(prompt, [Chosen(hit, weight, (), hit.kind) for hit, weight in given])
         else:
             composition = self._compose(prompt, hits, notes, rerank=rerank)
-        return _Choice(checkpoint, composition, retrieval)
+        return _Choice(checkpoint, composition, retrieval, negatives)
 
     def _retrieve(self, prompt: str, checkpoint: Hit | None, want_adapters: bool,
-                  top_k: int) -> tuple[Hit, list[Hit]]:
-        """The checkpoint (the given one, else the best for the prompt) and, when wanted, the adapters retrieved for
-        it: one search of both levels, or of the one level still needed."""
+                  top_k: int) -> tuple[Hit, list[Hit], list[Hit]]:
+        """The checkpoint (the given one, else the best for the prompt), when wanted the adapters retrieved for it,
+        and the negative embeddings that suit it: one search of both levels, or of the one level still needed."""
         retriever = self.retriever
         if checkpoint is None and want_adapters:
             result = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
-            return _best(result.checkpoints, "for this prompt"), result.adapters
+            return _best(result.checkpoints, "for this prompt"), result.adapters, result.negatives
         if checkpoint is None:
-            return _best(retriever.checkpoints(retriever.query_vector(prompt), 1, LOADABLE, words=prompt),
-                         "for this prompt"), []
-        if want_adapters:
-            return checkpoint, retriever.adapters(retriever.query_vector(prompt), checkpoint, top_k, words=prompt)
-        return checkpoint, []
+            checkpoint = _best(retriever.checkpoints(retriever.query_vector(prompt), 1, LOADABLE, words=prompt),
+                               "for this prompt")
+            hits = []
+        else:
+            hits = (retriever.adapters(retriever.query_vector(prompt), checkpoint, top_k, words=prompt)
+                    if want_adapters else [])
+        return checkpoint, hits, retriever.search_engine.negatives(checkpoint)
+
+    @staticmethod
+    def _negative_prompt(negative_prompt: str, choice: _Choice, notes: list[str]) -> str:
+        """The user's negative prompt; when there is none, the suggested negative embeddings, called by their file
+        stems as A1111 calls them (they are then fetched and loaded like any embedding the negative prompt names)."""
+        if negative_prompt.strip() or not choice.negatives:
+            return negative_prompt
+        names = [Path(hit.file_name or hit.name).stem for hit in choice.negatives[:SUGGESTED_NEGATIVES]]
+        notes.append("negative prompt suggested by search: " + ", ".join(names))
+        return ", ".join(names)
 
     def _compose(self, prompt: str, hits: Sequence[Hit], notes: list[str], *, rerank: bool = False,
                  keywords: dict[int, tuple[str, ...]] | None = None) -> Composition:
@@ -309,6 +323,7 @@ class Studio:
             raise StudioError("the prompt is empty")
         notes: list[str] = []
         choice = self._current_files(self._choose(prompt, checkpoint_version_id, adapters, top_k, rerank, notes))
+        negative_prompt = self._negative_prompt(negative_prompt, choice, notes)
         files = self._prepare(choice, negative_prompt, notes, on_download)
         result = run_generate(self.manager, checkpoint_path=files.checkpoint,
                               checkpoint_sha256=choice.checkpoint.sha256.lower(), loras=files.loras,
@@ -336,6 +351,7 @@ class Studio:
         notes: list[str] = []
         choice = self._current_files(self._edit_choice(parsed, parsed.generation_prompt or instruction, rgb,
                                                        reference, top_k, notes))
+        negative_prompt = self._negative_prompt(negative_prompt, choice, notes)
         region = self._edit_region(parsed, rgb, reference, notes)
         files = self._prepare(choice, negative_prompt, notes, on_download)
         outcome = edit_image(self.manager, image=region.init, mode=region.mode, mask=region.mask,
@@ -364,7 +380,7 @@ class Studio:
             style = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
             checkpoint = _best(style.checkpoints, "to edit with")
             retrieval = {"style": "text", "objects": "text"}
-            return _Choice(checkpoint, self._compose(prompt, style.adapters, notes), retrieval)
+            return _Choice(checkpoint, self._compose(prompt, style.adapters, notes), retrieval, style.negatives)
         style = retriever.search(None, source, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
         checkpoint = _best(style.checkpoints, "to edit with")
         style_hit = next((hit for hit in style.adapters if hit.kind == "style"), None)  # the image's style LoRA
@@ -373,7 +389,7 @@ class Studio:
         hits += [hit for hit in objects if style_hit is None or hit.version_id != style_hit.version_id]
         keywords = {style_hit.version_id: (IMAGE_STYLE_KEYWORD,)} if style_hit is not None else {}
         retrieval = {"style": "image" if keeps_style else "reference image", "objects": "text"}
-        return _Choice(checkpoint, self._compose(prompt, hits, notes, keywords=keywords), retrieval)
+        return _Choice(checkpoint, self._compose(prompt, hits, notes, keywords=keywords), retrieval, style.negatives)
 
     def _edit_region(self, parsed, rgb, reference, notes: list[str]) -> _Region:
         """Types 0 and 2 inpaint the subject's mask, 1 the placement for the addition; 3 runs img2img over the
