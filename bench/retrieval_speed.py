@@ -3,9 +3,9 @@
 Builds synthetic clustered zoos (testkit/synthetic_zoo.py) at the real dump's size and at paper scale in a fresh
 database (embedded server, or a new database on DATABASE_URL's server), refreshes the catalogue's statistics as the
 refresh does, builds the partial HNSW indexes (timed), then builds, stores and loads the search index the way
-production does (`build_search_index` + `store_search_index`, then `load_search_index` + `SearchEngine`), and
-times the two-level query (level 1: checkpoints; level 2: adapters of the top checkpoint's base-model family) with
-query vectors given directly. Recall@10 of each level is scored against exact search over the same vectors with the
+production does (`refresh_serving_policy`, `build_search_index` + `store_search_index`, then `load_search_index` +
+`SearchEngine`), and times the two-level query (level 1: checkpoints; level 2: adapters of the top checkpoint's
+base-model family) with query vectors given directly. Recall@10 of each level is scored against exact search over the same vectors with the
 same restrictions (level 2: the family of the checkpoint that method chose). The synthetic texts hold
 Zipf-distributed words and each query carries eight such words, so the lexical part (BM25 scoring, candidates
 holding the rarest words) does its real work; the weights are pure similarity, so recall against exact search is
@@ -20,6 +20,7 @@ Rows, interleaved query by query (rotating order), single-threaded (BLAS/OpenMP 
   faiss hnsw M=.. ef=..            FAISS HNSW-Flat per restriction, in this process
   engine (vector given)            SearchEngine.checkpoints + .adapters (ANN graphs, pools, BM25, hits)
   engine exact nearest (no graphs) the same engine over the same index with its graphs left out
+  engine search() 3+10+negatives   SearchEngine.search as the Retriever calls it (timed whole; not scored)
   engine end-to-end onnx / torch   the product's query encoder (embedding.presets.build_query_encoders, lite:
                                    MiniLM on ONNX Runtime, ORT's default threads; and the torch MiniLM) encodes a
                                    prompt-like text (30-70 words: phrases + the query's words), then both levels with
@@ -389,6 +390,22 @@ def engine_method(search_engine, name: str) -> Method:
     return Method(name, level1, level2, lambda checkpoints: last["hit"].base_model_family)
 
 
+def search_method(search_engine, name: str) -> Method:
+    """SearchEngine.search as the Retriever calls it (3 checkpoints, 10 adapters for the first, its negative
+    embeddings), vector given, timed whole as level 1; not scored (3 checkpoints cannot score recall@10)."""
+    last: dict = {}
+
+    def level1(q: np.ndarray) -> list[int]:
+        result = search_engine.search(q, query_words(q), top_k=TOP_K, top_checkpoints=3)
+        last["hit"] = result.checkpoints[0] if result.checkpoints else None
+        return [hit.version_id for hit in result.checkpoints]
+
+    def level2(q: np.ndarray, family: str) -> list[int]:
+        return []
+
+    return Method(name, level1, level2, lambda checkpoints: last["hit"].base_model_family, scored=False)
+
+
 def end_to_end_method(search_engine, query_vector: Callable[[str], np.ndarray], name: str) -> Method:
     """Encode the query's prompt-like text (timed inside level 1, also reported alone as encode_p50_ms), then both
     levels with the encoded vector and the text as words. Not scored: the zoo's vectors are unrelated to text."""
@@ -423,10 +440,21 @@ def lite_model_choice(models_dir: Path):
 
 
 def build_and_store(engine, space: str, dimension: int, describer) -> dict:
-    """What the retrieval_index asset pays: build_search_index (the graph builds timed apart by wrapping
+    """What the retrieval_index asset pays: the serving policy (content levels and roles, when this checkout has
+    it), then build_search_index with the default serving limits (the graph builds timed apart by wrapping
     embedding.search_index.build_graph) and store_search_index, in one transaction."""
     import embedding.search_index as search_index_module
 
+    policy_s = None
+    try:
+        from embedding.serving_policy import refresh_serving_policy
+    except ImportError:
+        refresh_serving_policy = None
+    if refresh_serving_policy is not None:
+        with engine.begin() as conn:
+            started = time.perf_counter()
+            refresh_serving_policy(conn, describer)
+            policy_s = round(time.perf_counter() - started, 2)
     graph_s: list[float] = []
     original = search_index_module.build_graph
 
@@ -448,8 +476,9 @@ def build_and_store(engine, space: str, dimension: int, describer) -> dict:
             store_s = time.perf_counter() - started
     finally:
         search_index_module.build_graph = original
-    return {"build_s": round(build_s, 2), "graph_build_s": round(sum(graph_s), 2), "graphs": len(graph_s),
-            "store_s": round(store_s, 2), "generation": generation, "rows": len(index)}
+    return {"policy_s": policy_s, "build_s": round(build_s, 2), "graph_build_s": round(sum(graph_s), 2),
+            "graphs": len(graph_s), "store_s": round(store_s, 2), "generation": generation, "rows": len(index),
+            "format": index.settings.get("format")}
 
 
 def deep_size(value, seen: set[int]) -> int:
@@ -714,6 +743,8 @@ def probe_load(spec: dict) -> dict:
         started = time.perf_counter()
         index = load_search_index(db, spec["space"])
         loaded_s = time.perf_counter() - started
+        if index is None:  # e.g. embedding.search_index.FORMAT_VERSION changed in the checkout since the build
+            raise RuntimeError("load_search_index found no generation it can load")
         search_engine = SearchEngine(index, similarity_only())
         load_s = time.perf_counter() - started
     after_load = rss_bytes()
@@ -851,9 +882,10 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
         # serving process loads it
         describer = describer_key(build_describer(lite_model_choice(args.models_dir)))
         info["engine_build"] = build_and_store(engine, space, d, describer)
-        print(f"search index: build {info['engine_build']['build_s']} s (of which {info['engine_build']['graphs']} "
-              f"graphs {info['engine_build']['graph_build_s']} s), store {info['engine_build']['store_s']} s",
-              flush=True)
+        built = info["engine_build"]
+        policy = f"serving policy {built['policy_s']} s, " if built["policy_s"] is not None else ""
+        print(f"search index (format {built['format']}): {policy}build {built['build_s']} s (of which "
+              f"{built['graphs']} graphs {built['graph_build_s']} s), store {built['store_s']} s", flush=True)
         gc.collect()
         started = time.perf_counter()
         index = load_search_index(engine, space)
@@ -899,6 +931,8 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
     if search_engine is not None:
         methods.append(engine_method(search_engine, "engine (vector given)"))
         methods.append(engine_method(exact_engine, "engine exact nearest (no graphs)"))
+        if hasattr(search_engine, "search"):
+            methods.append(search_method(search_engine, "engine search() 3+10+negatives"))
         for name, query_vector in encoders.items():
             methods.append(end_to_end_method(search_engine, query_vector, f"engine end-to-end {name}"))
 
