@@ -35,6 +35,16 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+def _origins(raw: str | None) -> tuple[str, ...]:
+    """ZOO_CORS_ORIGINS: comma-separated http(s) origins (scheme://host[:port], no path), or `*` for any."""
+    origins = tuple(part.strip().rstrip("/") for part in (raw or "").split(",") if part.strip())
+    for origin in origins:
+        parsed = urlparse(origin)
+        if origin != "*" and (parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path):
+            raise SettingsError(f"ZOO_CORS_ORIGINS: {origin!r} is not an origin such as https://example.org or *")
+    return origins
+
+
 def _float(env: dict[str, str], name: str, default: float, minimum: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -91,6 +101,10 @@ class Settings:
     max_removed_floor: int = 20
     max_content_level: int = 2  # CONTENT_LEVELS["PG-13"]
     serve_likeness: bool = False
+    api_token: str | None = field(default=None, repr=False)  # ZOO_API_TOKEN: bearer token for generate/edit
+    cors_origins: tuple[str, ...] = ()  # ZOO_CORS_ORIGINS: browser origins allowed to call the HTTP API
+    studio: bool = True  # ZOO_STUDIO: off for search-only servers (generate/edit answer 503)
+    max_body_bytes: int = 20 << 20  # ZOO_MAX_BODY_MB: the largest request body the HTTP API reads
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -139,6 +153,10 @@ class Settings:
             max_content_level=content_level_named(env.get("ZOO_MAX_CONTENT_LEVEL") or "PG-13",
                                                   "ZOO_MAX_CONTENT_LEVEL"),
             serve_likeness=_bool(env, "ZOO_SERVE_LIKENESS", False),
+            api_token=(env.get("ZOO_API_TOKEN") or "").strip() or None,
+            cors_origins=_origins(env.get("ZOO_CORS_ORIGINS")),
+            studio=_bool(env, "ZOO_STUDIO", True),
+            max_body_bytes=int(_float(env, "ZOO_MAX_BODY_MB", 20.0, 0.01) * (1 << 20)),
             zoo_home=home,
             database_url=database_url,
             civitai_base_url=base_url,

@@ -381,3 +381,24 @@ class SearchIndexPart(Base):
     __table_args__ = (ForeignKeyConstraint(["space", "generation"], ["search_index_generations.space",
                                                                      "search_index_generations.generation"],
                                            ondelete="CASCADE"),)
+
+
+class StudioJob(Base):
+    """A generate or edit request made over HTTP, its inputs and its result. The queue (procrastinate_jobs, see
+    serving/http/queue.py) dispatches it to one server process and holds its status; this row holds what that
+    process needs and what it made, so any process answers the job's status and image."""
+
+    __tablename__ = "studio_jobs"
+    id: Mapped[str] = mapped_column(Text, primary_key=True, comment="the public job id (random, not guessable)")
+    kind: Mapped[str] = mapped_column(Text, nullable=False, comment="generate or edit")
+    request: Mapped[dict] = mapped_column(JSONB, nullable=False, comment="the request's parameters")
+    input_image: Mapped[bytes | None] = mapped_column(LargeBinary, comment="edit: the image to edit (PNG)")
+    reference_image: Mapped[bytes | None] = mapped_column(LargeBinary, comment="edit: the style reference (PNG)")
+    queue_job_id: Mapped[int | None] = mapped_column(BigInteger, index=True,
+                                                     comment="procrastinate_jobs.id: the queue's status of it")
+    result_png: Mapped[bytes | None] = mapped_column(LargeBinary, comment="the image made, with A1111 parameters")
+    sidecar: Mapped[dict | None] = mapped_column(JSONB, comment="model and version ids, prompts, timings")
+    error: Mapped[str | None] = mapped_column(Text, comment="why the job failed, in one line")
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -14,11 +14,18 @@ url = config.attributes.get("url")
 engine = engine_for_url(url) if url else get_engine(Settings.from_env())  # the `alembic` command line
 
 HNSW_INDEX_PREFIX = "embeddings_hnsw_"
+QUEUE_TABLE_PREFIX = "procrastinate_"
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
-    """Per-space HNSW indexes are built at run time for the spaces in use (db.vectors), not by migrations."""
-    return not (type_ == "index" and reflected and compare_to is None and (name or "").startswith(HNSW_INDEX_PREFIX))
+    """Objects we do not model: per-space HNSW indexes are built at run time for the spaces in use (db.vectors);
+    the job queue's tables (and their indexes) are the queue library's schema, created by migration 0008."""
+    if not (reflected and compare_to is None):
+        return True
+    if type_ == "index" and (name or "").startswith(HNSW_INDEX_PREFIX):
+        return False
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    return not (table is not None and (table.name or "").startswith(QUEUE_TABLE_PREFIX))
 
 
 with engine.connect() as connection:
