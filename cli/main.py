@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import catalogue, search, studio
+from cli import catalogue, inspect, search, serve, studio
 from rich.markup import escape
 
 from cli.output import EXIT_DATABASE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, err
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "3 database unreachable, 130 interrupted")
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (catalogue, search, studio):
+    for group in (catalogue, search, inspect, serve, studio):
         group.register(commands)
     return parser
 

@@ -10,9 +10,8 @@ from cli.output import EXIT_OK, err, out, print_json, table, usage_error
 from config import Settings
 from config.settings import CONTENT_LEVELS
 from serving.search import Filters, SearchResult
+from serving.search.requests import COMMERCIAL_USES, MAX_QUERY_CHARS
 
-MAX_QUERY_CHARS = 4000
-COMMERCIAL_USES = ("Image", "Rent", "RentCivit", "Sell")  # Civitai's allowCommercialUse values
 HIT_COLUMNS = ("name", "version", "role", "base_model", "score", "weight", "trigger_words", "why")
 
 
@@ -56,8 +55,8 @@ def _print_result(result: SearchResult) -> None:
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from serving.search import load_query_image, open_reranker, open_retriever, rerank_hits
 
-    if not args.query and not args.image and not args.queries:
-        return usage_error("give a prompt, --image PATH, or --queries FILE")
+    if not args.query and not args.image and not args.queries and args.for_checkpoint is None:
+        return usage_error("give a prompt, --image PATH, --queries FILE or --for-checkpoint VERSION_ID")
     if args.top_k < 1 or args.checkpoints < 0:
         return usage_error("--top-k must be at least 1 and --checkpoints at least 0")
     if args.image and settings.image_encoder == "none":
@@ -71,6 +70,8 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     reranker = open_reranker(settings) if args.rerank else None
     if args.queries:
         return _search_many(retriever, reranker, Path(args.queries), args)
+    if args.for_checkpoint is not None:
+        return _for_checkpoint(retriever, reranker, args)
     result = retriever.search(args.query, image, top_k=args.top_k, top_checkpoints=args.checkpoints,
                               filters=_filters(args))
     if reranker is not None and args.query:
@@ -81,6 +82,28 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     _print_result(result)
     if not result.checkpoints and not result.adapters:
         err.print(_nothing_found(retriever, args))
+    return EXIT_OK
+
+
+def _for_checkpoint(retriever, reranker, args: argparse.Namespace) -> int:
+    """Adapters for a checkpoint the user already has, ranked for the prompt (GET /v1/checkpoints/{id}/adapters)."""
+    from serving.search import rerank_hits
+    from serving.search.requests import BadRequest, adapters_for_checkpoint, check_query
+
+    try:
+        query = check_query(args.query)
+        checkpoint, adapters, negatives = adapters_for_checkpoint(retriever, args.for_checkpoint, query,
+                                                                  top_k=args.top_k, filters=_filters(args))
+    except BadRequest as error:
+        return usage_error(str(error))
+    if reranker is not None and query:
+        adapters = rerank_hits(query, adapters, reranker)
+    result = SearchResult([], adapters, negatives)
+    if args.json:
+        print_json({"query": query, "adapters_for": checkpoint.as_dict(), **_as_json(result)})
+        return EXIT_OK
+    err.print(f"adapters for {checkpoint.name} ({checkpoint.version_name}, version {checkpoint.version_id})")
+    _print_result(result)
     return EXIT_OK
 
 
@@ -132,6 +155,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--queries", help="JSON Lines of {\"qid\": ..., \"query\": ...}; one JSON line out per query")
     search.add_argument("--top-k", type=int, default=10, help="adapters to return")
     search.add_argument("--checkpoints", type=int, default=3, help="checkpoints to return")
+    search.add_argument("--for-checkpoint", type=int, metavar="VERSION_ID",
+                        help="adapters for this checkpoint (one you already use), ranked for the prompt if given")
     search.add_argument("--base-models", nargs="+", help="only these base models, e.g. 'SD 1.5'")
     search.add_argument("--types", nargs="+", help="only these adapter types, e.g. LORA TextualInversion")
     search.add_argument("--commercial-use", choices=COMMERCIAL_USES, help="the licence must allow this use")

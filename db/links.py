@@ -7,14 +7,14 @@ Which model types play which role is the caller's knowledge (crawlers.taxonomy),
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
 from db.derived import catalogue_stamp, set_stamp, stamp_of
 
-_HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
+HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "crc32", "blake3")
 # Bump when the resolution rules change: a catalogue resolved under other rules is then resolved again from scratch.
 RESOLUTION_RULES = "rules-2"
 EMPTY_FILE_HASH_PREFIX = "E3B0C44298FC"  # sha256 of an empty file: Civitai ignores it, so do we
@@ -51,7 +51,8 @@ def resolve_image_resources(engine: Engine, types_by_role: Mapping[str, Collecti
     return counts
 
 
-def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> ResolveCounts:
+def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]],
+             table: str = "image_resources") -> ResolveCounts:
     """Fill resolved_version_id for references not yet resolved: by version id, then hash, then file name.
 
     A reference only resolves to a model whose type can play the role the image gave it: Civitai holds mislabelled
@@ -59,7 +60,7 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
     letting an embedding's hash make such a model the image's checkpoint would link every LoRA of the image to it.
     Gallery rows resolve to their own version whatever its type. A hash shared by several fitting versions resolves
     to the oldest, as Civitai does. File names are weak evidence: they resolve only when one version matches or the
-    image's own gallery version is among the matches.
+    image's own gallery version is among the matches. `table` holds the references (image_resources' columns).
     """
     roles = [(role, list(types)) for role, types in types_by_role.items()]
     role_values = ", ".join(f"(:role{i}, CAST(:types{i} AS text[]))" for i in range(len(roles))) or \
@@ -72,7 +73,7 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
     counts.by_version_id = conn.execute(text(
         f"""
         WITH {role_types}
-        UPDATE image_resources r
+        UPDATE {table} r
         SET resolved_version_id = r.ref_version_id,
             resolved_by = CASE WHEN 'gallery' = ANY(r.sources) THEN 'gallery' ELSE 'version_id' END
         FROM model_versions v JOIN models m ON m.id = v.model_id
@@ -82,13 +83,13 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
         """
     ), params).rowcount
     hash_union = " UNION ALL ".join(
-        f"SELECT {column} AS hash, version_id FROM model_files WHERE {column} IS NOT NULL" for column in _HASH_COLUMNS
+        f"SELECT {column} AS hash, version_id FROM model_files WHERE {column} IS NOT NULL" for column in HASH_COLUMNS
     )
-    counts.by_hash = _resolve_candidates(conn, "hash", f"""
+    counts.by_hash = _resolve_candidates(conn, table, "hash", f"""
         WITH {role_types},
         candidates AS (
             SELECT r.image_id, r.version_id AS gallery_version_id, r.position, min(h.version_id) AS version_id
-            FROM image_resources r
+            FROM {table} r
             JOIN role_types rt ON rt.role = r.role
             JOIN ({hash_union}) h ON h.hash = upper(r.hash) AND NOT starts_with(h.hash, :empty)
             JOIN model_versions v ON v.id = h.version_id
@@ -96,13 +97,13 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
             WHERE r.resolved_version_id IS NULL AND r.hash IS NOT NULL
             GROUP BY r.image_id, r.version_id, r.position
         )""", params)
-    counts.by_file_name = _resolve_candidates(conn, "file_name", f"""
+    counts.by_file_name = _resolve_candidates(conn, table, "file_name", f"""
         WITH {role_types},
         candidates AS (
             SELECT r.image_id, r.version_id AS gallery_version_id, r.position,
                    CASE WHEN count(DISTINCT f.version_id) = 1 THEN min(f.version_id)
                         ELSE max(f.version_id) FILTER (WHERE f.version_id = r.version_id) END AS version_id
-            FROM image_resources r
+            FROM {table} r
             JOIN role_types rt ON rt.role = r.role
             JOIN model_files f
               ON f.name_stem = lower(regexp_replace(r.name, '\\.(safetensors|ckpt|pt|pth|bin)$', '', 'i'))
@@ -112,22 +113,48 @@ def _resolve(conn: Connection, types_by_role: Mapping[str, Collection[str]]) -> 
             GROUP BY r.image_id, r.version_id, r.position
         )""", params)
     counts.unresolved = conn.execute(
-        text("SELECT count(*) FROM image_resources WHERE resolved_version_id IS NULL")
+        text(f"SELECT count(*) FROM {table} WHERE resolved_version_id IS NULL")
     ).scalar_one()
     return counts
 
 
-def _resolve_candidates(conn: Connection, resolved_by: str, candidates_sql: str, params: dict) -> int:
+def _resolve_candidates(conn: Connection, table: str, resolved_by: str, candidates_sql: str, params: dict) -> int:
     """Resolve each reference in `candidates` (image_id, gallery_version_id, position -> version_id, NULL for an
     ambiguous one) and say how."""
     return conn.execute(text(
         f"""{candidates_sql}
-        UPDATE image_resources r SET resolved_version_id = c.version_id, resolved_by = :resolved_by
+        UPDATE {table} r SET resolved_version_id = c.version_id, resolved_by = :resolved_by
         FROM candidates c
         WHERE c.version_id IS NOT NULL AND r.image_id = c.image_id AND r.version_id = c.gallery_version_id
           AND r.position = c.position
         """
     ), {**params, "resolved_by": resolved_by}).rowcount
+
+
+_LOOSE_REFERENCES = "pg_temp.loose_references"
+_REFERENCE_COLUMNS = ("role", "sources", "name", "hash", "ref_version_id", "weight")
+
+
+def resolve_references(conn: Connection, references: Sequence[Mapping[str, object]],
+                       types_by_role: Mapping[str, Collection[str]]) -> list[tuple[int | None, str | None]]:
+    """(resolved version id, how) for each reference one image makes outside the catalogue (an uploaded PNG's
+    parameters), by the very rules the catalogue's references are resolved by: they are staged as the rows of one
+    image posted to no gallery, in a temporary table, and resolved there. Each reference is a mapping of
+    image_resources' columns (role, sources, name, hash, ref_version_id, weight)."""
+    if not references:
+        return []
+    conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {_LOOSE_REFERENCES.split('.')[1]} "
+                      "(LIKE image_resources INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"))
+    conn.execute(text(f"TRUNCATE {_LOOSE_REFERENCES}"))
+    rows = [{"position": position, **{column: ref.get(column) for column in _REFERENCE_COLUMNS}}
+            for position, ref in enumerate(references, start=1)]
+    conn.execute(text(f"INSERT INTO {_LOOSE_REFERENCES} (image_id, version_id, position, role, sources, name, hash, "
+                      "ref_version_id, weight) VALUES (0, 0, :position, :role, :sources, :name, :hash, "
+                      ":ref_version_id, :weight)"), rows)
+    _resolve(conn, types_by_role, _LOOSE_REFERENCES)
+    found = {int(position): (version, how) for position, version, how in conn.execute(text(
+        f"SELECT position, resolved_version_id, resolved_by FROM {_LOOSE_REFERENCES}"))}
+    return [found.get(position, (None, None)) for position in range(1, len(references) + 1)]
 
 
 @dataclass

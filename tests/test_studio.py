@@ -7,10 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
 import typing
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,7 @@ from config import Settings
 from orchestration.run import refresh_zoo
 from cli import main as cli
 from crawlers.dump import snapshot_path
-from serving.studio import sd_components as sdc
-from testkit import tiny_sd
+from testkit.studio_world import FileServer, serve_tiny_files
 from serving.studio.masker import RegionMasker, dilate
 from serving.studio.model_files import file_sha256
 from serving.studio.png_info import parse_parameters, read_png_parameters, sidecar_path
@@ -52,70 +49,11 @@ def patch():
         yield monkeypatch
 
 
-class Files:
-    """Stands in for Civitai's download endpoint: /api/download/models/{id} -> 307 -> /files/{id} -> the bytes.
-    `modes[id]` makes a version answer 401, 403 (early access), 404, or wrong bytes ('mismatch')."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[int, tuple[str, bytes]] = {}
-        self.modes: dict[int, str] = {}
-        self.requests: list[str] = []
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def _handler(self):
-        files = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _send(self, status: int, headers: dict, body: bytes = b"") -> None:
-                self.send_response(status)
-                for key, value in {**headers, "Content-Length": str(len(body))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                with files.lock:
-                    files.requests.append(self.path)
-                endpoint = re.fullmatch(r"/api/download/models/(\d+)", self.path.split("?")[0])
-                stored = re.fullmatch(r"/files/(\d+)", self.path.split("?")[0])
-                json_type = {"Content-Type": "application/json"}
-                if endpoint:
-                    version = int(endpoint.group(1))
-                    mode = files.modes.get(version)
-                    if mode == "401":
-                        return self._send(401, json_type, b'{"error": "Unauthorized", "message": "log in"}')
-                    if mode == "403":
-                        return self._send(403, json_type, b'{"error": "Early Access", "deadline": "2031-01-01"}')
-                    if mode == "404" or version not in files.blobs:
-                        return self._send(404, json_type, b'{"error": "Model not found"}')
-                    return self._send(307, {"Location": f"{files.url}/files/{version}"})
-                if stored and int(stored.group(1)) in files.blobs:
-                    version = int(stored.group(1))
-                    name, data = files.blobs[version]
-                    if files.modes.get(version) == "mismatch":
-                        data = data[:-1] + bytes([data[-1] ^ 1])
-                    return self._send(200, {"Content-Type": "application/octet-stream",
-                                            "Content-Disposition": f'attachment; filename="{name}"'}, data)
-                return self._send(404, json_type, b'{"error": "no such object"}')
-
-        return Handler
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def world(engine, database_url, patch, tmp_path_factory):
     """The snapshot's zoo whose checkpoints point at one tiny checkpoint and whose LoRAs each at a tiny LoRA."""
     root = tmp_path_factory.mktemp("studio")
-    files = Files()
+    files = FileServer()
     patch.setenv("DATABASE_URL", database_url)
     patch.setenv("ZOO_HOME", str(root / "home"))
     patch.setenv("CIVITAI_BASE_URL", files.url)
@@ -124,28 +62,13 @@ def world(engine, database_url, patch, tmp_path_factory):
     patch.delenv("ZOO_PRESET", raising=False)
     outcome = refresh_zoo(Settings.from_env(), dump_path=str(snapshot_path()), database_url=database_url, workers=1)
     assert outcome.success, outcome.failures()
-
-    config = sdc.write_sd15_config(root / "sd-config", "tiny")
-    pipe = tiny_sd.build_random_pipeline(config, seed=0)
-    checkpoint = tiny_sd.save_single_file(pipe, root / "tiny.safetensors")
-    with engine.begin() as conn:
-        versions = conn.execute(text(
-            "SELECT version_id, model_type FROM served_model_versions ORDER BY version_id")).all()
-        for version_id, model_type in versions:
-            if model_type == "Checkpoint":
-                path = checkpoint
-            else:
-                path = tiny_sd.write_random_kohya_lora(pipe, root / f"lora-{version_id}.safetensors", seed=version_id,
-                                                   scale=0.05)
-            sha = file_sha256(path).upper()  # the catalogue stores hashes upper-cased
-            conn.execute(text("UPDATE model_files SET sha256 = :sha WHERE version_id = :v AND is_primary"),
-                         {"sha": sha, "v": version_id})
-            files.blobs[version_id] = (path.name, path.read_bytes())
+    tiny = serve_tiny_files(engine, files, root)
+    config, versions = tiny.config_dir, tiny.versions
     masker = RegionMasker(FixedProposer(), _tiny_clip())
     studio = Studio(Settings.from_env(), config_dir=config, config_variant="tiny", masker=masker)
     set_default_studio(studio)
-    yield {"root": root, "files": files, "studio": studio, "checkpoint_sha": file_sha256(checkpoint),
-           "versions": dict(versions), "masker": masker}
+    yield {"root": root, "files": files, "studio": studio, "checkpoint_sha": tiny.checkpoint_sha,
+           "versions": versions, "masker": masker}
     set_default_studio(None)
     files.close()
 

@@ -265,6 +265,12 @@ def lora_name(adapter: Composable) -> str:
     return name or f"lora_{adapter.version_id}"
 
 
+def lora_tag(adapter: Composable, weight: float | None = None) -> str:
+    """`<lora:NAME:w>` as A1111 reads it: the adapter's file stem at `weight` (its recommended weight, kept in
+    [MIN_WEIGHT, MAX_WEIGHT], when none is given): the tag a user pastes into a prompt."""
+    return f"<lora:{lora_name(adapter)}:{_format_weight(_weight(adapter) if weight is None else weight)}>"
+
+
 def _trigger(word: str) -> str:
     return _clean(word, MAX_TRIGGER_CHARS).replace("<", "").replace(">", "").strip(" ,")
 
@@ -331,5 +337,5 @@ def render(prompt: str, chosen: Sequence[Chosen]) -> Composition:
                 triggers.append(word)
     final = ", ".join(part for part in [text, *triggers] if part)
     a1111 = ", ".join(part for part in [text, *map(_a1111_escape, triggers)] if part)
-    tags = " ".join(f"<lora:{lora_name(c.adapter)}:{_format_weight(c.weight)}>" for c in chosen)
+    tags = " ".join(lora_tag(c.adapter, c.weight) for c in chosen)
     return Composition(adapters=list(chosen), prompt=final, a1111=" ".join(part for part in (a1111, tags) if part))

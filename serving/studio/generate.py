@@ -223,9 +223,15 @@ def _metadata(request: _Request, ran: _Run, model: str | None) -> dict[str, Any]
 
 
 def save_png(result: GenerationResult, path: str | Path, sidecar: dict[str, Any] | None = None) -> Path:
-    """Write the PNG (A1111 'parameters' chunk) and `<name>.json` beside it: the caller's `sidecar` (model and version
-    ids, query, ...) plus what was generated with (`generation`: files, hashes, weights, seed, timings)."""
+    """Write the PNG (A1111 'parameters' chunk) and `<name>.json` beside it: `full_sidecar(result, sidecar)`."""
     path = write_png(result.image, path, result.parameters_text)
+    write_sidecar(path, full_sidecar(result, sidecar))
+    return path
+
+
+def full_sidecar(result: GenerationResult, sidecar: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The caller's `sidecar` (model and version ids, query, ...) plus what was generated with (`generation`:
+    files, hashes, weights, seed, timings)."""
     data = dict(sidecar or {})
     data.setdefault("parameters", result.parameters_text)
     data["generation"] = {
@@ -235,5 +241,4 @@ def save_png(result: GenerationResult, path: str | Path, sidecar: dict[str, Any]
         "checkpoint_cached": result.checkpoint_cached,
         "version": result.parameters.version,
     }
-    write_sidecar(path, data)
-    return path
+    return data

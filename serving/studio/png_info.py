@@ -171,10 +171,24 @@ def parse_parameters(text: str) -> GenerationParameters:
 
 def write_png(image, path: str | Path, parameters_text: str, extra: dict[str, str] | None = None) -> Path:
     """Save `image` (PIL) as PNG with the A1111 'parameters' text chunk (iTXt when the text is not Latin-1)."""
-    from PIL.PngImagePlugin import PngInfo
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG", pnginfo=_png_info(parameters_text, extra))
+    return path
+
+
+def encode_png(image, parameters_text: str) -> bytes:
+    """The PNG bytes `write_png` would write (what the HTTP API stores and serves)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(parameters_text, None))
+    return buffer.getvalue()
+
+
+def _png_info(parameters_text: str, extra: dict[str, str] | None):
+    from PIL.PngImagePlugin import PngInfo
+
     info = PngInfo()
     try:
         parameters_text.encode("latin-1")
@@ -183,8 +197,7 @@ def write_png(image, path: str | Path, parameters_text: str, extra: dict[str, st
         info.add_itxt(PARAMETERS_KEY, parameters_text)
     for key, value in (extra or {}).items():
         info.add_itxt(key, value)
-    image.save(path, format="PNG", pnginfo=info)
-    return path
+    return info
 
 
 def read_png_parameters(path: str | Path) -> str | None:
