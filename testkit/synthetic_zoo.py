@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Engine
 
-from db.catalog_store import refresh_statistics
+from db.catalogue_store import refresh_statistics
 from db.copy import copy_rows
 from db.lexicon import rebuild_lexicon
 from db.vectors import upsert_embeddings
