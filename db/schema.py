@@ -402,3 +402,18 @@ class StudioJob(Base):
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RetrievalRanker(Base):
+    """A ranker learned from usage (one LightGBM lambdarank model per search level), trained by the retrieval_ranker
+    asset on one index generation and read by every search engine of the space."""
+
+    __tablename__ = "retrieval_rankers"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    space: Mapped[str] = mapped_column(Text, nullable=False, index=True, comment="the embedding space it ranks in")
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, comment="the index generation it was trained on")
+    trained_at: Mapped[datetime] = _now()
+    features: Mapped[list] = mapped_column(JSONB, nullable=False, comment="the feature columns, in order")
+    checkpoint_model: Mapped[str | None] = mapped_column(Text, comment="LightGBM model text of level 1")
+    adapter_model: Mapped[str | None] = mapped_column(Text, comment="LightGBM model text of level 2")
+    metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, comment="training data, validation against hand weights")
