@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 
 from crawlers.a1111 import MODEL_TAG
 from db.cards import served_cards
-from db.descriptions import DescriberKey, preferred_description_rows
+from db.descriptions import DescriberKey, preferred_description_rows, record_preferred_describer
 from db.lexicon import fill_lexemes, versions_without_lexemes
 from db.vectors import stored_input_shas, upsert_descriptions, upsert_embeddings
 from embedding.describers import AdapterCard, CardTextDescriber, Describer, Description
@@ -57,8 +57,11 @@ class DescribeCounts:
 
 def describe_pending(engine: Engine, describer: Describer, shard: int = 0, shards: int = 1,
                      batch_size: int = 64) -> DescribeCounts:
-    """Describe served versions whose card changed since this describer (and prompt version) last saw them."""
+    """Describe served versions whose card changed since this describer (and prompt version) last saw them, and
+    record its key as the one the version_cards view applies."""
     counts = DescribeCounts()
+    with engine.begin() as conn:
+        record_preferred_describer(conn, describer_key(describer))
     with engine.connect() as conn:
         cards = [card_from_row(row) for row in served_cards(conn, shard, shards)]
         stored = stored_input_shas(conn, "descriptions", "describer", describer.name,
