@@ -86,7 +86,7 @@ def _crawl(engine: Engine, client: CivitaiClient, key: str, params: dict, first_
                 continue
             with engine.begin() as conn:
                 loop = _loop_problem(conn, position, page_url, next_url)
-                ids = store_items(conn, items, API_SOURCE, report)
+                ids = store_items(conn, items, API_SOURCE, report, run_id=run_id)
                 page = crawl_store.record_page(conn, position, page_url, next_url, ids)
                 if loop is None and page.stale_pages >= stale_page_limit:
                     loop = (f"{page.stale_pages} pages in a row (pages {position.pages_done - page.stale_pages + 1}"
@@ -100,7 +100,7 @@ def _crawl(engine: Engine, client: CivitaiClient, key: str, params: dict, first_
             if on_page:
                 on_page(position.pages_done, position.models_seen)
         if position.next_url is None:
-            report.models_deleted = _check_unseen(engine, client, key, types, base_models, report)
+            report.models_deleted = _check_unseen(engine, client, key, types, base_models, report, run_id)
         with engine.begin() as conn:
             crawl_store.finish(conn, key)
             crawl_store.close_run(conn, run_id, "succeeded", report.as_dict())
@@ -126,7 +126,7 @@ def _loop_problem(conn: Connection, position: crawl_store.CrawlPosition, page_ur
 
 
 def _check_unseen(engine: Engine, client: CivitaiClient, key: str, types: list[str], base_models: list[str],
-                  report: IngestReport) -> int:
+                  report: IngestReport, run_id: int) -> int:
     with engine.connect() as conn:
         unseen = crawl_store.unseen_listed_models(conn, key, types, base_models)
     deleted = 0
@@ -135,11 +135,11 @@ def _check_unseen(engine: Engine, client: CivitaiClient, key: str, types: list[s
             item = client.model(model_id)
         except CivitaiNotFound:
             with engine.begin() as conn:
-                crawl_store.mark_deleted(conn, model_id)
+                crawl_store.mark_deleted(conn, model_id, run_id)
             deleted += 1
             continue
         with engine.begin() as conn:
-            store_items(conn, [item], API_SOURCE, report)
+            store_items(conn, [item], API_SOURCE, report, run_id=run_id)
     if unseen:
         log.info("%d known models were not listed: %d deleted, %d re-fetched", len(unseen), deleted,
                  len(unseen) - deleted)

@@ -66,24 +66,24 @@ def ingest_dump(engine: Engine, path: Path, on_batch: Callable[[int], None] | No
                         payload_text=line.decode("utf-8", "replace")))
                 continue
             if len(batch) >= BATCH_SIZE:
-                _flush(engine, batch, batch_shas, source, report, on_batch)
-        _flush(engine, batch, batch_shas, source, report, on_batch)
+                _flush(engine, batch, batch_shas, source, run_id, report, on_batch)
+        _flush(engine, batch, batch_shas, source, run_id, report, on_batch)
         with engine.begin() as conn:
             crawl_store.close_run(conn, run_id, "succeeded", report.as_dict())
     except (OSError, EOFError, gzip.BadGzipFile) as error:
-        _flush(engine, batch, batch_shas, source, report, on_batch)  # keep every item read before the damage
+        _flush(engine, batch, batch_shas, source, run_id, report, on_batch)  # keep every item read before the damage
         with engine.begin() as conn:
             crawl_store.close_run(conn, run_id, "failed", report.as_dict(), f"{type(error).__name__}: {error}")
         raise DumpError(f"cannot read dump {path}: {error}") from error
     return report
 
 
-def _flush(engine: Engine, batch: list[object], batch_shas: list[str], source: str, report: IngestReport,
-           on_batch: Callable[[int], None] | None) -> None:
+def _flush(engine: Engine, batch: list[object], batch_shas: list[str], source: str, run_id: int,
+           report: IngestReport, on_batch: Callable[[int], None] | None) -> None:
     if not batch:
         return
     with engine.begin() as conn:
-        store_items(conn, batch, source, report, batch_shas)
+        store_items(conn, batch, source, report, batch_shas, run_id)
     report.pages += 1
     batch.clear()
     batch_shas.clear()

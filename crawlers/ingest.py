@@ -51,10 +51,11 @@ class IngestReport:
 
 
 def store_items(conn: Connection, items: Iterable[object], source: str, report: IngestReport,
-                source_shas: Iterable[str | None] | None = None) -> list[int]:
+                source_shas: Iterable[str | None] | None = None, run_id: int | None = None) -> list[int]:
     """Upsert the storable items raw and quarantine the rest; returns the ids stored.
 
-    `source_shas`, when given, are the hashes of each item's bytes as received (dump lines), in order.
+    `source_shas`, when given, are the hashes of each item's bytes as received (dump lines), in order; `run_id`
+    is the refresh run (crawl_runs.id) the catalogue's history records the changes under.
     """
     good: list[RawItem] = []
     shas = iter(source_shas) if source_shas is not None else None
@@ -66,7 +67,7 @@ def store_items(conn: Connection, items: Iterable[object], source: str, report: 
             log.warning("item quarantined: %s", error)
             report.count_quarantined(
                 quarantine(conn, stage="crawl", source=source, error=str(error), payload=_storable(item)))
-    report.add(upsert_raw_items(conn, good, source))
+    report.add(upsert_raw_items(conn, good, source, run_id))
     return [item.id for item in good]
 
 

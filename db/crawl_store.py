@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import Connection, Engine, text
 
+from db import history
+
 
 @dataclass
 class CrawlPosition:
@@ -148,8 +150,11 @@ def unseen_listed_models(conn: Connection, key: str, types: list[str], base_mode
     ), {"key": key, "types": types, "bases": base_models}).scalars().all()
 
 
-def mark_deleted(conn: Connection, model_id: int) -> None:
-    conn.execute(text("UPDATE models_raw SET deleted_at = now() WHERE id = :id AND deleted_at IS NULL"), {"id": model_id})
+def mark_deleted(conn: Connection, model_id: int, run_id: int) -> None:
+    """Mark the model deleted (a 404 of /models/{id}) and record it in the run's history, once."""
+    if conn.execute(text("UPDATE models_raw SET deleted_at = now() WHERE id = :id AND deleted_at IS NULL"),
+                    {"id": model_id}).rowcount:
+        history.record_deleted(conn, run_id, [model_id])
 
 
 def open_run(conn: Connection, source: str, params: dict) -> int:

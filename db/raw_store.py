@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import Connection, text
 
+from db import history
 from db.copy import copy_rows, stage_rows
 
 
@@ -67,11 +68,13 @@ class UpsertCounts:
         self.unchanged += other.unchanged
 
 
-def upsert_raw_items(conn: Connection, items: Sequence[RawItem], source: str) -> UpsertCounts:
+def upsert_raw_items(conn: Connection, items: Sequence[RawItem], source: str,
+                     run_id: int | None = None) -> UpsertCounts:
     """Insert new items, replace changed ones (by content hash), leave unchanged rows untouched.
 
     Hashes are compared before anything is sent, so an unchanged re-crawl writes nothing and new items are
-    COPied straight into place. A model repeated in one batch (cursor bugs repeat items) is stored once.
+    COPied straight into place. A model repeated in one batch (cursor bugs repeat items) is stored once. With the
+    refresh run's `run_id`, what changed is recorded in the catalogue's history (db/history.py) in this transaction.
     """
     unique = {item.id: item for item in items}
     if not unique:
@@ -82,6 +85,10 @@ def upsert_raw_items(conn: Connection, items: Sequence[RawItem], source: str) ->
     ), {"ids": list(unique)}).all())
     new = [item for item in unique.values() if item.id not in known]
     changed = [item for item in unique.values() if item.id in known and known[item.id] != item.sha]
+    if run_id is not None:
+        history.record_added(conn, run_id, [item.id for item in new])
+        history.record_replaced(conn, run_id, {item.id: item.json for item in changed},
+                                restored={item.id for item in changed if known[item.id].endswith(" deleted")})
     if new:
         copy_rows(conn, "models_raw", ("id", "raw", "raw_sha", "source_sha", "source"),
                   ((item.id, item.json, item.sha, item.source_sha, source) for item in new))

@@ -599,3 +599,46 @@ class RetrievalRanker(Base):
     adapter_model: Mapped[str | None] = mapped_column(Text, comment="LightGBM model text of level 2")
     metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, comment="training data, validation against hand weights")
 
+
+class ModelChange(Base):
+    """What one refresh run changed about one model (db/history.py records it as models_raw is written)."""
+
+    __tablename__ = "model_changes"
+    __table_args__ = (
+        CheckConstraint("change IN ('added', 'changed', 'deleted', 'restored')", name="ck_model_changes_change"),
+        Index("ix_model_changes_changed_at", "changed_at"),
+        {"comment": "What each refresh run changed, per model: added, changed (which fields), deleted or restored"},
+    )
+    run_id: Mapped[int] = mapped_column(ForeignKey("crawl_runs.id", ondelete="CASCADE"), primary_key=True,
+                                        comment="the refresh run that saw the change (crawl_runs.id)")
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True,
+                                          comment="Civitai model id (models_raw.id)")
+    change: Mapped[str] = mapped_column(Text, nullable=False, comment="added, changed, deleted or restored")
+    fields: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default="{}",
+        comment="what changed: description, files, images, licence, nsfw, other, status, versions (empty for added "
+                "and deleted; counts alone are not history)")
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False,
+                                                 comment="when the change was stored")
+
+
+class ModelRawHistory(Base):
+    """The raw item a change replaced: models_raw holds the current one, so together they give any past state."""
+
+    __tablename__ = "models_raw_history"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "model_id"], ["model_changes.run_id", "model_changes.model_id"],
+                             ondelete="CASCADE"),
+        {"comment": "Each /models item as it was before a refresh run changed it (models_raw holds the current one)"},
+    )
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True,
+                                        comment="the refresh run that replaced this item (crawl_runs.id)")
+    model_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, comment="Civitai model id")
+    raw: Mapped[dict] = mapped_column(JSONB, nullable=False, comment="the item as it was (JSON)")
+    raw_sha: Mapped[str] = mapped_column(Text, nullable=False, comment="blake2b of the item's canonical JSON")
+    source: Mapped[str] = mapped_column(Text, nullable=False, comment="where the item came from: 'api' or 'dump:<file>'")
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                 comment="when this content was received: it held from then until "
+                                                         "replaced_at")
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False,
+                                                  comment="when the refresh run replaced it")
