@@ -368,7 +368,7 @@ class PlainSql:
 
 def similarity_only():
     """Engine weights that leave only similarity in the score (BM25 and the candidate sources still run)."""
-    from serving.search.engine import Weights
+    from serving.search.scoring import Weights
 
     return Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0, checkpoint_lexical=0,
                    adapter_lexical=0)

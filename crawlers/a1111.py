@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # `[^<>]` keeps matching linear on hostile prompts full of unterminated '<lora:'.
@@ -127,3 +128,13 @@ def plain_text(prompt: str) -> str:
 
 def is_break(piece: str, weight: float) -> bool:
     return piece == BREAK and weight == -1.0
+
+
+def without_phrases(text: str, phrases: Iterable[str]) -> str:
+    """`text` with every whole-word occurrence of the phrases removed (any case): a prompt without the trigger words
+    of the adapters it used, as a user who does not know the answer would write it."""
+    cleaned = {" ".join(plain_text(phrase).split()) for phrase in phrases}
+    patterns = sorted((re.escape(p).replace(r"\ ", r"\s+") for p in cleaned if len(p) >= 2), key=len, reverse=True)
+    if patterns:
+        text = re.sub(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)", " ", text, flags=re.IGNORECASE)
+    return re.sub(r"\s*(?:,\s*)+", ", ", " ".join(text.split())).strip(" ,")

@@ -29,14 +29,17 @@ from db.search_index_store import StoredIndex, load_index, save_index
 from embedding.ann import MIN_ROWS as ANN_MIN_ROWS
 from embedding.ann import build_graph
 from embedding.describe_card import trigger_words_or_trained
+from embedding.example_prompts import example_prompt_arrays
 
 ROLES = ("checkpoint", "adapter")  # how vectors are indexed (embeddings.role)
 SERVING_ROLES = ("checkpoint", "content", "enhancer", "negative")  # what search answers a version as (version_roles)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 5
 GRAPH = "graph:"  # blob name prefix of a slice's ANN graph
 DETAIL_FIELDS = ("name", "version_name", "type", "kind", "base_model", "base_model_family", "trigger_words",
                  "recommended_weight", "download_url", "file_name", "sha256", "description")
 
+# age_days counts back from the catalogue's newest version (not the clock), so one catalogue always indexes alike
+# and a ranker trained on an old dump reads ages as a live zoo's.
 # The versions an index holds: served, with a vector in the space, within the serving limits (content level,
 # real-person likeness). Every query below reads the same rows.
 _HELD = """
@@ -48,6 +51,10 @@ _VERSIONS = f"""
            s.version_download_count AS downloads, s.allow_commercial_use, s.model_name, s.version_name,
            s.trained_words, s.download_url, s.primary_file_name, s.primary_file_sha256,
            coalesce(m.content_level, 1) AS content_level, coalesce(m.poi, false) AS likeness,
+           (SELECT count(*) FROM images i WHERE i.version_id = e.version_id AND NOT i.nsfw) AS examples,
+           (SELECT coalesce(extract(epoch FROM (SELECT max(coalesce(published_at, created_at)) FROM model_versions)
+                                               - coalesce(v.published_at, v.created_at)) / 86400, 0)
+            FROM model_versions v WHERE v.id = e.version_id) AS age_days,
            coalesce((SELECT r.role FROM version_roles r WHERE r.version_id = e.version_id),
                     CASE WHEN s.model_type = 'Checkpoint' THEN 'checkpoint' ELSE 'content' END) AS serving_role
     {_HELD} ORDER BY e.version_id"""
@@ -84,6 +91,7 @@ class SearchIndex:
     lexemes: list[str]  # term id -> lexeme
     settings: dict = field(default_factory=dict)
     graphs: dict[str, bytes] = field(default_factory=dict)  # "role:family" -> serialised ANN graph of that slice
+    prompt_lexemes: list[str] = field(default_factory=list)  # term id -> lexeme of the example-prompt collection
 
     # ---- per-version arrays
     @property
@@ -176,6 +184,8 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
         "downloads": np.array([row["downloads"] or 0 for row in rows], dtype=np.int64),
         "lexical_length": np.array([row["lexical_length"] for row in rows], dtype=np.int32),
         "content_level": np.array([row["content_level"] for row in rows], dtype=np.int16),
+        "examples": np.array([row["examples"] for row in rows], dtype=np.int32),
+        "age_days": np.array([float(row["age_days"]) for row in rows], dtype=np.float32),
         "likeness": np.array([row["likeness"] for row in rows], dtype=bool),
         "serving_role": _coded(codes["serving_role"], (row["serving_role"] for row in rows)),
         "vectors": _vectors(conn, params, len(ids), dimension),
@@ -186,6 +196,9 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
     lexemes, postings = _postings(conn, params, ids, order)
     arrays.update(postings)
     arrays.update(_links(conn))
+    prompt_lexemes, prompt_arrays = example_prompt_arrays(
+        conn, {int(version): row for row, version in enumerate(arrays["version_id"].tolist())})
+    arrays.update(prompt_arrays)
     details = {name: [] for name in DETAIL_FIELDS}
     for row in rows:
         found = descriptions.get(row["version_id"], {})
@@ -203,7 +216,7 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
     arrays["kind"] = _coded(codes["kind"], details["kind"])
     settings = {"format": FORMAT_VERSION, "describer": describer.describer, "prompt_version": describer.prompt_version,
                 "max_content_level": limits.max_content_level, "likeness": limits.likeness}
-    index = SearchIndex(space, 0, arrays, codes, details, lexemes, settings)
+    index = SearchIndex(space, 0, arrays, codes, details, lexemes, settings, prompt_lexemes=prompt_lexemes)
     index.graphs = {f"{role}:{family}": build_graph(index.vectors[rows])
                     for role, family, rows in index.segments() if rows.stop - rows.start >= ANN_MIN_ROWS}
     return index
@@ -212,7 +225,8 @@ def build_search_index(conn: Connection, space: str, dimension: int, describer: 
 def store_search_index(conn: Connection, index: SearchIndex) -> int:
     """Write the index as a new generation (the caller's transaction commits it and its notification)."""
     blobs = {"details": orjson.dumps(index.details), "lexemes": orjson.dumps(index.lexemes),
-             "codes": orjson.dumps(index.codes), **{GRAPH + key: graph for key, graph in index.graphs.items()}}
+             "codes": orjson.dumps(index.codes), "prompt_lexemes": orjson.dumps(index.prompt_lexemes),
+             **{GRAPH + key: graph for key, graph in index.graphs.items()}}
     index.generation = save_index(conn, index.space, index.arrays, blobs, index.settings, len(index))
     return index.generation
 
@@ -227,7 +241,8 @@ def load_search_index(engine: Engine, space: str, generation: int | None = None)
     return SearchIndex(space, stored.generation, stored.arrays, orjson.loads(stored.blobs["codes"]),
                        orjson.loads(stored.blobs["details"]), orjson.loads(stored.blobs["lexemes"]),
                        stored.manifest["settings"],
-                       {name[len(GRAPH):]: blob for name, blob in stored.blobs.items() if name.startswith(GRAPH)})
+                       {name[len(GRAPH):]: blob for name, blob in stored.blobs.items() if name.startswith(GRAPH)},
+                       orjson.loads(stored.blobs["prompt_lexemes"]))
 
 
 def _distinct(values) -> list[str]:

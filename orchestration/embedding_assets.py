@@ -9,6 +9,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AutomationCondition,
+    Config,
     MaterializeResult,
     StaticPartitionsDefinition,
     asset,
@@ -25,6 +26,7 @@ from orchestration.assets import adapter_checkpoint_links
 from orchestration.metadata import AssetReport
 from orchestration.models import ModelsResource
 from orchestration.resources import DatabaseResource
+from serving.search.training import MAX_QUERIES, train_ranker
 
 EMBEDDING_GROUP = "embedding"
 RETRIEVAL_GROUP = "retrieval"
@@ -106,4 +108,33 @@ def _build_index(engine: Engine, models: ModelsResource, limits: ServingLimits) 
     with engine.begin() as conn:  # the generation, its parts and its notification commit together
         index = build_search_index(conn, space, dimension, describer, limits)
         report.add(search_index_generation=store_search_index(conn, index), search_index_versions=len(index))
+    return report.result()
+
+
+class RankerConfig(Config):
+    """`hold_out`: example images that must never reach the training data (the quality benchmark's test half)."""
+
+    hold_out: list[int] = []
+    max_queries: int = MAX_QUERIES
+
+
+@asset(group_name=RETRIEVAL_GROUP, kinds={"lightgbm", "postgres"}, automation_condition=FOLLOW_UPSTREAM,
+       deps=[retrieval_index],
+       description="A ranker per search level learned from usage (LightGBM lambdarank): the SFW example images' "
+                   "prompts are the queries, the models they used the answers; validated on held-out creators "
+                   "against the hand weights, stored per level only where it beats them; serving processes reload.")
+def retrieval_ranker(context: AssetExecutionContext, config: RankerConfig, database: DatabaseResource,
+                     models: ModelsResource) -> MaterializeResult:
+    text_encoder, image_encoder = models.encoders()
+    space = space_name(text_encoder, image_encoder)
+    with database.lock(locks.INDEX, holder="zoo retrieval_ranker") as engine:
+        ranker = train_ranker(engine, text_encoder, space, config.hold_out, config.max_queries)
+    report = AssetReport()
+    report.add(space=space, ranker_id=ranker.id if ranker else 0, levels_learned=len(ranker.boosters) if ranker else 0)
+    metrics = ranker.metrics if ranker else {}
+    for level in ("checkpoint", "adapter"):
+        found = metrics.get(level, {})
+        for system in ("learned", "hand_weights"):
+            for name, value in found.get(system, {}).items():
+                report.add(**{f"{level}_{system}_{name}": value})
     return report.result()

@@ -11,7 +11,8 @@ from dagster import AssetSelection, ConfigurableResource, Definitions, ScheduleD
 from config import Settings
 from orchestration.assets import CATALOGUE_ASSETS, CATALOGUE_GROUP
 from orchestration.checks import CATALOGUE_CHECKS, RETRIEVAL_CHECKS
-from orchestration.embedding_assets import EMBEDDING_GROUP, RETRIEVAL_GROUP, retrieval_index, sharded_assets
+from orchestration.embedding_assets import (EMBEDDING_GROUP, RETRIEVAL_GROUP, retrieval_index, retrieval_ranker,
+                                            sharded_assets)
 from orchestration.resources import zoo_resources
 
 refresh_job = define_asset_job(
@@ -25,7 +26,7 @@ embed_job = define_asset_job(
 )
 index_job = define_asset_job(
     "build_retrieval_index", selection=AssetSelection.groups(RETRIEVAL_GROUP),
-    description="Index the vectors of every shard and rebuild the word statistics.",
+    description="Index the vectors of every shard, rebuild the word statistics, and learn the ranker from usage.",
 )
 daily_refresh = ScheduleDefinition(job=refresh_job, cron_schedule="0 3 * * *", name="daily_zoo_refresh")
 
@@ -34,7 +35,7 @@ def zoo_definitions(settings: Settings, *,
                     resources: Mapping[str, ConfigurableResource] | None = None) -> Definitions:
     """Everything the zoo's Dagster code location holds; `resources` replace those zoo_resources(settings) builds."""
     return Definitions(
-        assets=[*CATALOGUE_ASSETS, *sharded_assets(settings.shards), retrieval_index],
+        assets=[*CATALOGUE_ASSETS, *sharded_assets(settings.shards), retrieval_index, retrieval_ranker],
         asset_checks=[*CATALOGUE_CHECKS, *RETRIEVAL_CHECKS],
         jobs=[refresh_job, embed_job, index_job],
         schedules=[daily_refresh],

@@ -16,7 +16,7 @@ from db.search_index_store import current_generation
 from embedding.search_index import build_search_index, load_search_index, store_search_index
 from orchestration.run import refresh_zoo
 from serving.search import open_retriever
-from serving.search.engine import BM25_B, BM25_K1
+from serving.search.lexical import BM25_B, BM25_K1
 
 PROMPTS = ["pixel art castle on a hill", "a scientist wearing brass steampunk goggles", "linocut print of a fox",
            "(masterpiece:1.2), anime girl in a knitted winter sweater <lora:knit:0.7>"]
@@ -47,7 +47,7 @@ def test_the_refresh_stores_a_generation_that_loads_as_built(retriever, engine) 
 
 
 def test_word_statistics_equal_the_lexicon_postgres_rebuilds(retriever, engine) -> None:
-    search_engine = retriever.search_engine
+    lexicon = retriever.search_engine.lexicon
     with engine.connect() as conn:
         terms = conn.execute(text("SELECT role, lexeme, documents FROM lexical_terms WHERE space = :s"),
                              {"s": retriever.space}).all()
@@ -55,20 +55,19 @@ def test_word_statistics_equal_the_lexicon_postgres_rebuilds(retriever, engine) 
             "SELECT role, documents, average_length FROM lexical_corpus WHERE space = :s"), {"s": retriever.space}))
     assert terms
     for role, lexeme, documents in terms:
-        assert search_engine._documents[role][search_engine.index.term_of[lexeme]] == documents
+        assert lexicon.documents[role][lexicon.index.term_of[lexeme]] == documents
     for role, (n, average) in corpus.items():
-        assert search_engine._corpus[role][0] == n
-        assert search_engine._corpus[role][1] == pytest.approx(average)
+        assert lexicon.corpus[role][0] == n
+        assert lexicon.corpus[role][1] == pytest.approx(average)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_bm25_in_memory_equals_bm25_computed_by_postgres(retriever, engine, prompt: str) -> None:
     """Every adapter's BM25 for the prompt, from Postgres' own parsing of the query and the stored tsvectors."""
-    search_engine = retriever.search_engine
-    rows = np.arange(*search_engine.index.segment("adapter").indices(len(search_engine.index)))
-    terms = search_engine._terms(prompt, "adapter")
-    ours = dict(zip(search_engine.index.version_ids[rows].tolist(), search_engine._bm25(rows, terms, "adapter"),
-                    strict=True))
+    lexicon = retriever.search_engine.lexicon
+    rows = np.arange(*lexicon.index.segment("adapter").indices(len(lexicon.index)))
+    terms = lexicon.terms(lexicon.lexemes(prompt), "adapter")
+    ours = dict(zip(lexicon.index.version_ids[rows].tolist(), lexicon.bm25(rows, terms, "adapter"), strict=True))
     with engine.connect() as conn:
         theirs = dict(conn.execute(text(f"""
             WITH words AS (SELECT l.lexeme, count(*) AS n

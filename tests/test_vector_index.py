@@ -11,7 +11,8 @@ from sqlalchemy import text
 from db.descriptions import DescriberKey
 from db.vectors import FAMILY, ensure_hnsw_indexes, hnsw_index_name, sync_families
 from embedding.search_index import build_search_index
-from serving.search.engine import SearchEngine, Weights
+from serving.search.engine import SearchEngine
+from serving.search.scoring import Weights
 from serving.search.results import Hit
 from testkit.synthetic_zoo import create_synthetic_zoo
 

@@ -16,6 +16,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from db.descriptions import DescriberKey
+from db.rankers import newest_ranker_id
 from db.search_index_store import CHANNEL, current_generation
 from embedding.search_index import SearchIndex, build_search_index, load_search_index
 
@@ -35,6 +36,7 @@ class LiveIndex:
         self.make_engine, self.describer = make_engine, describer
         self.poll_seconds = poll_seconds
         self.generation: int | None = None
+        self.ranker: int | None = None  # the newest stored ranker's id when the engine was made
         self.swaps = 0
         self.load_seconds = 0.0
         self._current = None
@@ -53,19 +55,25 @@ class LiveIndex:
         return engine
 
     def refresh(self) -> bool:
-        """Load the newest generation if it is newer than the one held; True when a swap happened. With no stored
-        generation (a zoo indexed before generations existed) the index is built from the tables, in memory."""
+        """Load the newest generation if it is newer than the one held, or remake the engine when a newer ranker
+        was stored; True when a swap happened. With no stored generation (a zoo indexed before generations
+        existed) the index is built from the tables, in memory."""
         with self._lock:
             with self.db.connect() as conn:
-                newest = current_generation(conn, self.space)
-            if self._current is not None and (newest is None or newest == self.generation):
+                newest, ranker = current_generation(conn, self.space), newest_ranker_id(conn, self.space)
+            held = self._current is not None
+            if held and (newest is None or newest == self.generation) and ranker == self.ranker:
                 return False
             started = time.perf_counter()
-            index = load_search_index(self.db, self.space, newest) if newest is not None else None
+            if held and newest in (None, self.generation):  # a new ranker for the index held: no reload
+                index = self._current.index
+            else:
+                index = load_search_index(self.db, self.space, newest) if newest is not None else None
             if index is None:
                 with self.db.connect() as conn:
                     index = build_search_index(conn, self.space, self.dimension, self.describer)
             engine = self.make_engine(index)
+            self.ranker = ranker
             self.load_seconds = time.perf_counter() - started
             self._current, self.generation = engine, newest
             self.swaps += 1

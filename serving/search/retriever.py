@@ -10,7 +10,9 @@ from db.descriptions import DescriberKey
 from embedding.encoders import ImageEncoder, TextEncoder
 from embedding.refresh import space_dimension, space_name
 from embedding.search_index import SearchIndex
-from serving.search.engine import PoolSizes, SearchEngine, Weights
+from serving.search.engine import PoolSizes, SearchEngine
+from serving.search.ranker import load_ranker
+from serving.search.scoring import Weights
 from serving.search.live import LiveIndex
 from serving.search.results import Filters, Hit, SearchResult
 
@@ -19,8 +21,10 @@ class Retriever:
     """Query encoders + the live engine of the encoders' space. Thread-safe; build one per process and reuse it."""
 
     def __init__(self, db: Engine, text_encoder: TextEncoder, image_encoder: ImageEncoder | None = None, *,
-                 describer: DescriberKey, weights: Weights = Weights(), pools: PoolSizes = PoolSizes(),
+                 describer: DescriberKey, weights: Weights | None = None, pools: PoolSizes = PoolSizes(),
                  watch: bool = False) -> None:
+        """`weights` set by hand score every query; without them the learned ranker does when one is stored
+        (serving/search/ranker.py), else the default weights."""
         self.db = db
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.space = space_name(text_encoder, image_encoder)
@@ -33,8 +37,9 @@ class Retriever:
             self.live.watch()
 
     def engine_for(self, index: SearchIndex) -> SearchEngine:
-        """The search engine over one loaded index, with this retriever's weights and pool sizes."""
-        return SearchEngine(index, self.weights, self.pools)
+        """The search engine over one loaded index, with this retriever's pool sizes and the ranker trained on
+        that generation, if any."""
+        return SearchEngine(index, self.weights or Weights(), self.pools, load_ranker(self.db, index))
 
     @property
     def search_engine(self) -> SearchEngine:
@@ -46,22 +51,22 @@ class Retriever:
         if not query and image is None:
             raise ValueError("a search needs a text query, an image, or both")
         vector = np.zeros(self.dimension, dtype=np.float32)
-        text_dim = self.text_encoder.text_dim
+        text_dim, weights = self.text_encoder.text_dim, self.weights or Weights()
         if query:
-            vector[:text_dim] = self.weights.text * self.text_encoder.encode_text([query])[0]
+            vector[:text_dim] = weights.text * self.text_encoder.encode_text([query])[0]
         if image is not None:
             if self.image_encoder is None:
                 raise ValueError("this preset has no image encoder: search by text, or use ZOO_PRESET=full")
-            vector[text_dim:] = self.weights.image * self.image_encoder.encode_images([image])[0]
+            vector[text_dim:] = weights.image * self.image_encoder.encode_images([image])[0]
         return vector
 
     def checkpoints(self, q: np.ndarray, top_k: int = 5, filters: Filters = Filters(),
                     words: str | None = None) -> list[Hit]:
-        return self.search_engine.checkpoints(q, top_k, filters, words, self.weights)
+        return self.search_engine.checkpoints(q, top_k, filters, self.weights, words=words)
 
     def adapters(self, q: np.ndarray, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
                  words: str | None = None) -> list[Hit]:
-        return self.search_engine.adapters(q, checkpoint, top_k, filters, words, self.weights)
+        return self.search_engine.adapters(q, checkpoint, top_k, filters, self.weights, words=words)
 
     def search(self, query: str | None, image=None, *, top_k: int = 10, top_checkpoints: int = 3,
                filters: Filters = Filters()) -> SearchResult:
