@@ -7,7 +7,10 @@ root cause first (`--debug` prints the traceback); exit codes are listed in cli/
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cli import catalogue, inspect, search, serve, studio
 from rich.markup import escape
@@ -27,10 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def _terminate_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the command as Ctrl-C does. By default they kill Python without running its exit
+    handlers, and one of those releases this process's hold on the embedded server: without it the server would
+    never stop (db/embedded.py)."""
+    previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args, Settings.from_env())
+        with _terminate_like_ctrl_c():
+            return args.handler(args, Settings.from_env())
     except SettingsError as error:
         return _fail(args, f"configuration error: {error}", EXIT_USAGE)
     except KeyboardInterrupt:
