@@ -1,4 +1,4 @@
-"""Verbs on the catalogue: `zoo refresh`, `zoo demo`, `zoo summary`, `zoo db`."""
+"""Verbs on the catalogue: `zoo refresh`, `zoo demo`, `zoo summary` (`zoo db` is cli/database.py)."""
 
 from __future__ import annotations
 
@@ -127,20 +127,6 @@ def cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from db import migrate
-    from db.engine import get_engine
-
-    engine = get_engine(settings)
-    if args.action == "upgrade":
-        migrate.upgrade(engine)
-        err.print("database schema is at head")
-    else:
-        migrate.check(engine)
-        err.print("models and migrations agree")
-    return EXIT_OK
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     refresh = commands.add_parser("refresh", help="crawl Civitai (or read a dump) into the catalogue")
     refresh.add_argument("--dump", help="read this JSON Lines dump of /models items (.jsonl or .jsonl.gz) instead")
@@ -158,7 +144,3 @@ def register(commands: argparse._SubParsersAction) -> None:
     summary = commands.add_parser("summary", help="what is in the zoo")
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(handler=cmd_summary)
-
-    db = commands.add_parser("db", help="database schema")
-    db.add_argument("action", choices=["upgrade", "check"])
-    db.set_defaults(handler=cmd_db)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cli import catalogue, inspect, search, serve, studio
+from cli import catalogue, database, inspect, search, serve, studio
 from rich.markup import escape
 
 from cli.output import EXIT_DATABASE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, err
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "3 database unreachable, 130 interrupted")
     parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (catalogue, search, inspect, serve, studio):
+    for group in (catalogue, database, search, inspect, serve, studio):
         group.register(commands)
     return parser
 

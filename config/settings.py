@@ -111,6 +111,12 @@ class Settings:
         """The embedded server's data lives in its own folder: pgserver as root chowns its parents."""
         return self.zoo_home / "pg" / "data"
 
+    @property
+    def embedded_pg_secrets_dir(self) -> Path:
+        """The embedded server's generated passwords (0600 files), beside its data folder, not in it: that folder
+        belongs to the server's own user."""
+        return self.zoo_home / "pg" / "secrets"
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
