@@ -22,11 +22,16 @@ _FILES = """
            pickle_scan, virus_scan
     FROM model_files WHERE version_id = :version ORDER BY is_primary DESC, id"""
 # SFW images only, and no further than the level the caller serves (unrated images of an SFW gallery are shown).
-_IMAGES = """
+_SHOWN_IMAGE = "NOT nsfw AND coalesce(nsfw_level, 1) <= :max_level AND url IS NOT NULL"
+_IMAGES = f"""
     SELECT id, url, width, height, coalesce(nsfw_level, 1) AS level, prompt, negative_prompt, sampler, steps,
            cfg_scale, seed
-    FROM images WHERE version_id = :version AND NOT nsfw AND coalesce(nsfw_level, 1) <= :max_level AND url IS NOT NULL
+    FROM images WHERE version_id = :version AND {_SHOWN_IMAGE}
     ORDER BY position LIMIT :limit"""
+_THUMBNAILS = f"""
+    SELECT DISTINCT ON (version_id) version_id, id, url, width, height
+    FROM images WHERE version_id = ANY(:versions) AND {_SHOWN_IMAGE}
+    ORDER BY version_id, position, id"""
 _USED_WITH = """
     SELECT l.{other}_version_id AS version_id, l.image_count, l.sfw_image_count, l.avg_weight
     FROM adapter_checkpoint_links l JOIN served_model_versions s ON s.version_id = l.{other}_version_id
@@ -52,6 +57,13 @@ def sfw_images(conn: Connection, version_id: int, max_level: int, limit: int = 1
     """The version's SFW example images up to `max_level` (1 PG, 2 PG-13), gallery order."""
     return [dict(row) for row in conn.execute(text(_IMAGES), {"version": version_id, "max_level": max_level,
                                                                "limit": limit}).mappings()]
+
+
+def first_sfw_images(conn: Connection, version_ids: list[int], max_level: int) -> dict[int, dict]:
+    """Each version's first SFW example image up to `max_level` (the thumbnail of a search hit), by version id;
+    one query for a whole result page."""
+    rows = conn.execute(text(_THUMBNAILS), {"versions": [int(v) for v in version_ids], "max_level": max_level})
+    return {int(row["version_id"]): dict(row) for row in rows.mappings()}
 
 
 def used_with(conn: Connection, version_id: int, *, checkpoint: bool, limit: int = 50) -> list[dict]:

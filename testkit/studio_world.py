@@ -18,10 +18,12 @@ from testkit import tiny_sd
 
 class FileServer:
     """Stands in for Civitai's download endpoint: /api/download/models/{id} -> 307 -> /files/{id} -> the bytes.
-    `modes[id]` makes a version answer 401, 403 (early access), 404, or wrong bytes ('mismatch')."""
+    `modes[id]` makes a version answer 401, 403 (early access), 404, or wrong bytes ('mismatch'). It also stands in
+    for Civitai's image host: /images/{name} answers the PNG `images[name]` (the gallery's thumbnails)."""
 
     def __init__(self) -> None:
         self.blobs: dict[int, tuple[str, bytes]] = {}
+        self.images: dict[str, bytes] = {}
         self.modes: dict[int, str] = {}
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -48,6 +50,7 @@ class FileServer:
                     files.requests.append(self.path)
                 endpoint = re.fullmatch(r"/api/download/models/(\d+)", self.path.split("?")[0])
                 stored = re.fullmatch(r"/files/(\d+)", self.path.split("?")[0])
+                image = files.images.get(self.path.split("?")[0].removeprefix("/images/"))
                 json_type = {"Content-Type": "application/json"}
                 if endpoint:
                     version = int(endpoint.group(1))
@@ -66,6 +69,8 @@ class FileServer:
                         data = data[:-1] + bytes([data[-1] ^ 1])
                     return self._send(200, {"Content-Type": "application/octet-stream",
                                             "Content-Disposition": f'attachment; filename="{name}"'}, data)
+                if image is not None and self.path.startswith("/images/"):
+                    return self._send(200, {"Content-Type": "image/png"}, image)
                 return self._send(404, json_type, b'{"error": "no such object"}')
 
         return Handler

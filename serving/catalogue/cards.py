@@ -8,7 +8,7 @@ from config import Settings
 from crawlers.nsfw import LEVEL_NAMES
 from db.descriptions import preferred_description_rows
 from db.links import HASH_COLUMNS
-from db.version_cards import model_version_ids, sfw_images, used_with, version_files, version_row
+from db.version_cards import first_sfw_images, model_version_ids, sfw_images, used_with, version_files, version_row
 from embedding.describe_card import default_weight, trigger_words_or_trained
 from serving.catalogue.served import civitai_url, level_of, paste_tag, role_of, served_row, summary
 
@@ -46,6 +46,15 @@ def model_card(retriever, settings: Settings, model_id: int) -> dict | None:
     return {"model_id": int(model_id), "name": card["name"], "type": card["type"], "creator": card["creator"],
             "tags": card["tags"], "licence": card["licence"], "content_level": card["content_level"],
             "versions": versions, "latest": card}
+
+
+def thumbnails(retriever, settings: Settings, version_ids: list[int]) -> dict[int, dict]:
+    """The first SFW example image (id, url, width, height) of each version that has one: a result page's
+    thumbnails, under the same image rule as the cards."""
+    if not version_ids:
+        return {}
+    with retriever.db.connect() as conn:
+        return first_sfw_images(conn, version_ids, settings.max_content_level)
 
 
 def _card(index, row: int, version: dict, described: dict, files: list[dict], images: list[dict],

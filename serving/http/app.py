@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from config import Settings
-from serving.http import catalogue_routes, errors, health, job_routes, metrics, search_routes
+from serving.http import catalogue_routes, errors, gallery_routes, health, job_routes, metrics, search_routes
 from serving.http.errors import PROBLEM_TYPE
 from serving.http.limits import BodyLimit
 from serving.http.queue import JobQueue
@@ -23,14 +23,15 @@ from serving.http.studio_jobs import run_job
 from serving.http.studio_status import studio_problem
 
 log = logging.getLogger(__name__)
-ROUTERS = (search_routes.router, catalogue_routes.router, job_routes.router, health.router, metrics.router)
+ROUTERS = (search_routes.router, catalogue_routes.router, job_routes.router, health.router, metrics.router,
+           gallery_routes.router)
 
 
 def create_app(settings: Settings, *, retriever=None, studio=None, reranker: Reranker | None = None,
                routers: Sequence[APIRouter] = (), run_worker: bool = True) -> FastAPI:
     """The app. Without `retriever`/`studio` they are built here from `settings` (the retriever watching for new
-    generations); `routers` are added after the API's own (the gallery page); `run_worker=False` queues jobs
-    without working them in this process."""
+    generations); `routers` are added after the server's own (the API and the gallery page at `/`);
+    `run_worker=False` queues jobs without working them in this process."""
     state = _state(settings, retriever, studio, reranker)
     app = FastAPI(title="zoo", version="1", lifespan=_lifespan(state, owns_retriever=retriever is None,
                                                                    run_worker=run_worker),

@@ -19,7 +19,7 @@ ID = Path(ge=1, le=2**63 - 1)
 NOT_SERVED = "{} {} is not served by this zoo (unknown, NSFW, deleted, or above the server's content level)"
 
 
-@router.get("/versions/{version_id}", response_model=VersionCard, responses=responses(404, 422))
+@router.get("/versions/{version_id}", response_model=VersionCard, responses=responses(404, 422, 503))
 def version(version_id: Annotated[int, ID], state: ServerState = Depends(server)) -> VersionCard:
     """A served version's card: description, trigger words, recommended weight, files with every hash kind,
     licence, SFW example images with their prompts, what it is most used with, role and content level."""
@@ -29,7 +29,7 @@ def version(version_id: Annotated[int, ID], state: ServerState = Depends(server)
     return VersionCard(**card)
 
 
-@router.get("/models/{model_id}", response_model=ModelCard, responses=responses(404, 422))
+@router.get("/models/{model_id}", response_model=ModelCard, responses=responses(404, 422, 503))
 def model(model_id: Annotated[int, ID], state: ServerState = Depends(server)) -> ModelCard:
     """A served model: its served versions and the card of the newest."""
     card = model_card(state.retriever, state.settings, model_id)
@@ -38,7 +38,7 @@ def model(model_id: Annotated[int, ID], state: ServerState = Depends(server)) ->
     return ModelCard(**card)
 
 
-@router.get("/lookup", response_model=LookupResponse, responses=responses(404, 422))
+@router.get("/lookup", response_model=LookupResponse, responses=responses(404, 422, 503))
 def lookup(hash: Annotated[str | None, Query(max_length=128, description="any hash kind, any case")] = None,
            file: Annotated[str | None, Query(max_length=1024, description="a file name, e.g. x.safetensors")] = None,
            state: ServerState = Depends(server)) -> LookupResponse:
@@ -55,7 +55,7 @@ def lookup(hash: Annotated[str | None, Query(max_length=128, description="any ha
     return LookupResponse(hash=hash, file=file, matches=matches)
 
 
-@router.post("/inspect", response_model=Inspection, responses=responses(413, 422))
+@router.post("/inspect", response_model=Inspection, responses=responses(413, 422, 503))
 def inspect(image: UploadFile | None = File(None, description="a PNG with A1111 'parameters'"),
             parameters: Annotated[str | None, Form(max_length=MAX_PARAMETERS_CHARS,
                                                    description="or the parameters text itself")] = None,

@@ -1,6 +1,7 @@
 """Every error as application/problem+json (RFC 9457), and a 4xx for every bad input: FastAPI's validation errors,
-Starlette's HTTP errors, the search layer's BadRequest (with the allowed values), the studio's refusals; anything
-unexpected is logged with its traceback and answered as a 500 problem that carries none."""
+Starlette's HTTP errors, the search layer's BadRequest (with the allowed values), the studio's refusals; a search
+index not loadable yet is a 503; anything unexpected is logged with its traceback and answered as a 500 problem
+that carries none."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.http.schemas import Problem
+from serving.search.live import IndexNotReady
 from serving.search.requests import BadRequest
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ def install(app: FastAPI) -> None:
         allowed = {error.field: error.allowed} if error.allowed else None
         return problem_response(request, 422, str(error), allowed=allowed,
                                 errors=[{"where": error.field, "why": str(error)}])
+
+    @app.exception_handler(IndexNotReady)
+    async def _not_ready(request: Request, error: IndexNotReady) -> JSONResponse:
+        return problem_response(request, 503, f"the search index is not ready: {error}")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -69,7 +69,8 @@ def _answer(state: ServerState, engine, query: str | None, filters: Filters, res
                           negatives=[hit_out(h, base) for h in result.negatives])
 
 
-def _search(state: ServerState, params: SearchParams, image=None) -> SearchResponse:
+def run_search(state: ServerState, params: SearchParams, image=None) -> SearchResponse:
+    """A checked search and its answer (the API's and the gallery's); ProblemError/BadRequest for bad input."""
     query = check_query(params.q)
     if query is None and image is None:
         raise ProblemError(422, "give a text query (q), an image, or both")
@@ -88,7 +89,7 @@ def _search(state: ServerState, params: SearchParams, image=None) -> SearchRespo
 def search(params: Annotated[SearchParams, Query()], state: ServerState = Depends(server)) -> SearchResponse:
     """The best checkpoints for a prompt, then the adapters for the first of them (by kind and role), and the
     negative embeddings that suit it."""
-    return _search(state, params)
+    return run_search(state, params)
 
 
 @router.post("/search", response_model=SearchResponse, responses=responses(413, 422, 503))
@@ -96,7 +97,7 @@ def search_upload(params: Annotated[SearchParams, Form()], image: UploadFile | N
                   state: ServerState = Depends(server)) -> SearchResponse:
     """As GET, with an optional uploaded image to search by (presets that embed images)."""
     data = upload_bytes(image)
-    return _search(state, params, decode_image(data, "image") if data else None)
+    return run_search(state, params, decode_image(data, "image") if data else None)
 
 
 @router.get("/checkpoints/{version_id}/adapters", response_model=SearchResponse,
@@ -106,6 +107,12 @@ def checkpoint_adapters(version_id: Annotated[int, VERSION_ID], params: Annotate
                         state: ServerState = Depends(server)) -> SearchResponse:
     """Adapters for a checkpoint you already have (its base-model family), ranked for `q`; without `q` by use with
     it and popularity."""
+    return run_checkpoint_search(state, version_id, params, q)
+
+
+def run_checkpoint_search(state: ServerState, version_id: int, params: FilterParams,
+                          q: str | None) -> SearchResponse:
+    """Adapters for one served checkpoint (the API's and the gallery's); 404 when the version is not served."""
     query = check_query(q)
     engine = state.engine()
     if engine.index.row_of.get(version_id) is None:
