@@ -92,7 +92,6 @@ class Settings:
     describer_model: str | None = None
     describer_api_key: str | None = field(default=None, repr=False)
     vlm_model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
-    hnsw_ef_search: int = 100
     sam_checkpoint: str | None = None
     sam_model_type: str = "vit_h"
     shards: int = 2
@@ -178,7 +177,6 @@ class Settings:
             describer_model=env.get("ZOO_DESCRIBER_MODEL") or None,
             describer_api_key=env.get("ZOO_DESCRIBER_API_KEY") or None,
             vlm_model=env.get("ZOO_VLM_MODEL") or "Qwen/Qwen2.5-VL-3B-Instruct",
-            hnsw_ef_search=int(_float(env, "ZOO_HNSW_EF_SEARCH", 100, 1)),
             shards=int(_float(env, "ZOO_SHARDS", 2, 1)),
             lock_wait_seconds=_float(env, "ZOO_LOCK_WAIT_SECONDS", 600.0, 0.0),
             max_removed_share=removed_share,
