@@ -13,8 +13,6 @@ meaningful.
 
 Rows, interleaved query by query (rotating order), single-threaded (BLAS/OpenMP pinned to 1 thread):
   numpy exact                      matrix product + argpartition, one matrix per restriction (the truth)
-  postgres floor (no search)       the old SQL path's round trips with no search in them
-  pgvector ef=.. pool=..           the old SQL path (serving/search/retrieval.py), while that file exists
   pgvector sql ef=..               plain similarity-only SQL on the partial HNSW indexes: per level one
                                    SELECT ... ORDER BY emb <#> q LIMIT k (level 2 on the family's own index)
   faiss hnsw M=.. ef=..            FAISS HNSW-Flat per restriction, in this process
@@ -43,7 +41,6 @@ import contextlib
 import cProfile
 import gc
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -66,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TOP_K = 10
 QUERY_WORDS = 8
 SCALES = ("real", "paper")
-DEFAULT_EF = 100  # pgvector ef_search of the SQL rows' headline (the old Retriever's default; the engine's efSearch)
+DEFAULT_EF = 100  # the ef_search whose SQL and FAISS rows the JSON line names (the engine's efSearch)
 QPS_THREADS = (1, 2, 8)
 PROJECT_ROWS = 1_000_000
 # Targets for the engine at paper scale (query vector given).
@@ -234,74 +231,6 @@ def prompt_text(q: np.ndarray) -> str:
 
 
 # ---- SQL rows ---------------------------------------------------------------------------------------------------
-
-def old_sql_path():
-    """serving/search/retrieval.py's Retriever and Weights, or None once that file is gone."""
-    try:
-        from serving.search.retrieval import Retriever, Weights
-    except ImportError as err:
-        return None, err
-    return (Retriever, Weights), None
-
-
-def pg_method(retriever, name: str) -> Method:
-    """The old SQL Retriever's own two round trips: level 1 top-10 checkpoints, level 2 for the first of them, each
-    with the query's words (BM25 and its candidates; the lexical weights are 0, so recall is comparable)."""
-    last: dict = {}
-
-    def level1(q: np.ndarray) -> list[int]:
-        hits = retriever.checkpoints(q, TOP_K, words=query_words(q))
-        last["hit"] = hits[0] if hits else None
-        return [hit.version_id for hit in hits]
-
-    def level2(q: np.ndarray, family: str) -> list[int]:
-        return [hit.version_id for hit in retriever.adapters(q, last["hit"], TOP_K, words=query_words(q))]
-
-    return Method(name, level1, level2, lambda checkpoints: last["hit"].base_model_family)
-
-
-def pg_floor(engine) -> Method:
-    """Round trips shaped like the old Retriever's with no search in them: per level, one autocommit statement
-    carrying the query vector as a literal (formatted as the Retriever does) on a pooled connection."""
-    from sqlalchemy import text
-
-    def level(q: np.ndarray) -> None:
-        literal = "[" + ",".join(f"{x:.7g}" for x in q.tolist()) + "]"
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(text("SELECT length(CAST(:q AS text))"), {"q": literal}).all()
-
-    def level1(q: np.ndarray) -> list[int]:
-        level(q)
-        return [-1]
-
-    def level2(q: np.ndarray, family: str) -> list[int]:
-        level(q)
-        return []
-
-    return Method("postgres floor (no search)", level1, level2, lambda checkpoints: "", scored=False)
-
-
-def pg_index_check(retriever, space: str, q: np.ndarray) -> dict[str, bool]:
-    """Whether the old path's planner really walks each level's partial HNSW index (level 2: the chosen family's
-    own one when it has one)."""
-    from sqlalchemy import text
-
-    from db.vectors import FAMILY, hnsw_index_name
-    from serving.search.retrieval import FAMILY_INDEX
-
-    checkpoint = retriever.checkpoints(q, 1)[0]
-    family = checkpoint.base_model_family if retriever.adapter_plan(checkpoint, TOP_K)[1] == FAMILY_INDEX else None
-    used = {}
-    for role, name, (sql, params) in (
-            ("checkpoint", hnsw_index_name(space, "checkpoint"), retriever.checkpoint_query(q, TOP_K)),
-            ("adapter", hnsw_index_name(space, FAMILY if family else "adapter", family),
-             retriever.adapter_query(q, checkpoint, TOP_K))):
-        with retriever.engine.begin() as conn:
-            plan = "\n".join(conn.execute(text("EXPLAIN " + sql), params).scalars())
-        used[role] = name in plan
-    return used
-
 
 class PlainSql:
     """The obvious SQL alternative that stays: similarity only, per level one SELECT ... ORDER BY emb <#> q LIMIT k
@@ -832,17 +761,8 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
     synthetic = SyntheticSpace(f"bench-{scale}", d)
     space = f"{synthetic.name}|none|{d}+0"
     spread = args.noise / np.sqrt(d)
-    old, old_error = old_sql_path()
-    default_ef, default_pool = DEFAULT_EF, DEFAULT_EF
-    if old is not None:
-        defaults = inspect.signature(old[0].__init__).parameters
-        default_ef = max(defaults["ef_search"].default, defaults["candidate_pool"].default)
-        default_pool = defaults["candidate_pool"].default
-    else:
-        print(f"skipped: the old SQL path's rows (pgvector ef=.. pool=.., postgres floor): serving.search.retrieval "
-              f"is gone ({type(old_error).__name__}: {old_error}); the plain pgvector SQL rows stay")
     info: dict = {"scale": scale, "checkpoints": checkpoints, "adapters": adapters, "dimension": d,
-                  "default_ef_search": default_ef, "old_sql_path": old is not None}
+                  "default_ef_search": DEFAULT_EF}
     pg_engine = engine
     if engine is not None and d > HNSW_MAX_DIMENSIONS:
         print(f"skipped: pgvector rows ({d} dims; pgvector 0.6 indexes up to {HNSW_MAX_DIMENSIONS})")
@@ -903,19 +823,6 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
     closers: list[Callable[[], None]] = []
 
     if pg_engine is not None:
-        if old is not None:
-            Retriever, Weights = old
-            methods.append(pg_floor(pg_engine))
-            weights = Weights(checkpoint_popularity=0, adapter_popularity=0, co_usage=0, checkpoint_lexical=0,
-                              adapter_lexical=0)
-            for ef in args.ef:
-                # the old Retriever keeps ef_search >= candidate_pool, and a pgvector 0.6 index scan returns at
-                # most ef_search rows: below the default pool the pool shrinks with ef
-                pool = args.pool if args.pool is not None else min(default_pool, ef)
-                retriever = Retriever(pg_engine, synthetic, weights=weights, ef_search=ef, candidate_pool=pool)
-                if "pg_index_used" not in info:
-                    info["pg_index_used"] = pg_index_check(retriever, space, queries[0])
-                methods.append(pg_method(retriever, f"pgvector ef={retriever.ef_search} pool={retriever.candidate_pool}"))
         for ef in args.ef:
             plain = PlainSql(pg_engine, space, d, ef)
             closers.append(plain.close)
@@ -974,18 +881,11 @@ def run_scale(scale: str, checkpoints: int, adapters: int, args, engine, faiss, 
     short = [f"{s['name']}: {s['short_level2']}" for s in summaries if s["short_level2"]]
     if short:
         print(f"queries where level 2 returned fewer than {TOP_K} adapters: " + "; ".join(short))
-    extras = {k: info[k] for k in ("insert_s", "pg_build_s", "pg_index_mb", "faiss_build_s", "pg_index_used",
-                                   "sql_index_used", "shared_buffers", "pgvector", "torch_threads_in_rows")
+    extras = {k: info[k] for k in ("insert_s", "pg_build_s", "pg_index_mb", "faiss_build_s", "sql_index_used",
+                                   "shared_buffers", "pgvector", "torch_threads_in_rows")
               if k in info}
     print("setup: " + ", ".join(f"{k}={v}" for k, v in extras.items()))
-    headline = next((s for s in summaries if s["name"].startswith(f"pgvector ef={default_ef} ")), None)
-    if headline is not None:
-        ok_latency = headline["p50_ms"] < 5.0
-        ok_recall = min(headline["recall1"], headline["recall2"]) >= 0.95
-        print(f"old SQL path targets at the default ef_search={default_ef}: two-level p50 {headline['p50_ms']:.2f} ms "
-              f"< 5 ms: {'PASS' if ok_latency else 'FAIL'}; recall@10 L1 {headline['recall1']:.3f} / "
-              f"L2 {headline['recall2']:.3f} >= 0.95: {'PASS' if ok_recall else 'FAIL'}")
-    info["rows"], info["headline"] = summaries, headline
+    info["rows"] = summaries
 
     if search_engine is not None:
         info["engine"] = next(s for s in summaries if s["name"] == "engine (vector given)")
@@ -1116,8 +1016,6 @@ def main() -> None:
     parser.add_argument("--paper-checkpoints", type=int, default=6700)
     parser.add_argument("--paper-adapters", type=int, default=75000)
     parser.add_argument("--ef", type=parse_ints, default=[40, 100, 200], help="hnsw.ef_search values to sweep")
-    parser.add_argument("--pool", type=int, default=None,
-                        help="candidate_pool for every old-path pgvector row (default: min(its default, ef))")
     parser.add_argument("--clusters", type=int, default=64)
     parser.add_argument("--noise", type=float, default=1.0,
                         help="norm of an item's noise around its unit cluster centre (same-cluster cosine ~ 1/(1+n^2))")
@@ -1176,7 +1074,6 @@ def main() -> None:
     bench_rss_mb = round(rss_bytes() / 2**20, 1)
 
     info = results[main_scale]
-    headline = info["headline"] or {}
     by_name = {r["name"]: r for r in info["rows"]}
     faiss_row = by_name.get(f"faiss hnsw M={args.faiss_m} ef={info['default_ef_search']}")
     sql_row = by_name.get(f"pgvector sql ef={info['default_ef_search']}")
@@ -1202,13 +1099,7 @@ def main() -> None:
         "engine_targets": info.get("targets"),
         "sql_p50_ms": sql_row["p50_ms"] if sql_row else None,
         "sql_recall_at_10": sql_row["recall_at_10"] if sql_row else None,
-        # the old SQL path's headline (None once serving/search/retrieval.py is gone)
-        "p50_ms": headline.get("p50_ms"), "p99_ms": headline.get("p99_ms"),
-        "recall_at_10": headline.get("recall_at_10"),
-        "recall_at_10_level1": headline.get("recall1"), "recall_at_10_level2": headline.get("recall2"),
         "numpy_p50_ms": by_name["numpy exact"]["p50_ms"], "faiss_p50_ms": faiss_row["p50_ms"] if faiss_row else None,
-        "p50_vs_numpy": headline.get("p50_vs_numpy"),
-        "floor_p50_ms": by_name.get("postgres floor (no search)", {}).get("p50_ms"),
         "pg_build_s": info.get("pg_build_s"), "faiss_build_s": info.get("faiss_build_s"),
         "rows": info["rows"],
         "other_scales": {s: {"checkpoints": r["checkpoints"], "adapters": r["adapters"],
@@ -1217,9 +1108,7 @@ def main() -> None:
                              "engine_p99_ms": (r.get("engine") or {}).get("p99_ms"),
                              "engine_recall_at_10": (r.get("engine") or {}).get("recall_at_10"),
                              "engine_load_s": (r.get("engine_probe") or {}).get("load_s"),
-                             "engine_mb": (r.get("engine_probe") or {}).get("engine_rss_mb"),
-                             "p50_ms": (r["headline"] or {}).get("p50_ms"),
-                             "recall_at_10": (r["headline"] or {}).get("recall_at_10")}
+                             "engine_mb": (r.get("engine_probe") or {}).get("engine_rss_mb")}
                          for s, r in results.items() if s != main_scale},
     }
     if skipped:

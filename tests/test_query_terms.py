@@ -92,7 +92,8 @@ def postgres_lexemes(conn, pieces: list[str]) -> dict[str, list[str]]:
 
 
 def postgres_query_terms(conn, query: str) -> list[tuple[str, str]]:
-    """The SQL query side of serving/search/retrieval.py: (lexeme, word) in order."""
+    """The query's words as SQL splits and stems them (blank/comma split, then `to_tsvector('english', word)` per
+    word): (lexeme, word) in order, what `query_terms` must give."""
     return [tuple(row) for row in conn.execute(text(
         r"SELECT l.lexeme, w.word FROM regexp_split_to_table(CAST(:words AS text), '[\s,]+') "
         "WITH ORDINALITY AS w(word, n) CROSS JOIN LATERAL unnest(to_tsvector('english', w.word)) "
