@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, text
 
 from crawlers.taxonomy import base_model_family
 from db.descriptions import DescriberKey, preferred_description_rows, record_preferred_describer
+from embedding.describe_card import CardTextDescriber
+from embedding.refresh import describe_pending
 
 KEY = DescriberKey("vlm:test", "1", "card-text", "1")
 S1, S2 = "A1" * 32, "B2" * 32
@@ -159,6 +161,19 @@ def test_recording_another_describer_changes_what_version_cards_shows(zoo: Engin
         assert _rows(zoo, "SELECT count(*) AS n FROM preferred_describer") == [{"n": 1}]
     finally:
         with zoo.begin() as conn:
+            record_preferred_describer(conn, KEY)
+
+
+def test_the_describe_step_records_its_key_for_version_cards(zoo: Engine):
+    describer = CardTextDescriber()
+    try:
+        assert describe_pending(zoo, describer).described == 7
+        shown = _rows(zoo, "SELECT DISTINCT describer, describer_prompt_version AS version FROM version_cards")
+        assert shown == [{"describer": describer.name, "version": describer.prompt_version}]
+    finally:
+        with zoo.begin() as conn:
+            conn.execute(text("DELETE FROM descriptions WHERE prompt_version = :version"),
+                         {"version": describer.prompt_version})
             record_preferred_describer(conn, KEY)
 
 
