@@ -149,7 +149,8 @@ def cmd_shell(args: argparse.Namespace, settings: Settings) -> int:
     # and its pager start with the default disposition (exec resets handlers but keeps ignored signals ignored).
     previous = signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        return subprocess.run([str(psql), url, *args.psql_args], check=False).returncode
+        extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
+        return subprocess.run([str(psql), url, *extra], check=False).returncode
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -189,5 +190,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     url.add_argument("--read-only", action="store_true", help="the URL of the read-only role for analysts")
     shell = _action("shell", cmd_shell, "open psql on the configured database")
     shell.add_argument("--read-only", action="store_true", help="as the read-only role")
-    shell.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql (e.g. -c 'SELECT 1')")
+    shell.add_argument("psql_args", nargs=argparse.REMAINDER, help="after --, passed on to psql: zoo db shell -- -c 'SELECT 1'")
     _action("reader-sql", cmd_reader_sql, "print the SQL that creates the read-only role, for a DBA")
