@@ -164,6 +164,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--max-content-level", choices=list(CONTENT_LEVELS),
                         help="only models up to this level (the server's ZOO_MAX_CONTENT_LEVEL is the most)")
     search.add_argument("--rerank", action="store_true",
-                        help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and rerank_round)")
+                        help="rerank the adapters with SmolLM2 (tree rerank; hits gain rerank_score and "
+                             "rerank_round). Off by default: on real prompts it lowers recall@10 and MRR "
+                             "(bench/retrieval_quality.py --rerank; README, Benchmarks) and costs seconds a query")
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)

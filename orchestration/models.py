@@ -27,20 +27,22 @@ class ModelsResource(ConfigurableResource):
     vlm_model: str
     cache_dir: str
     images_dir: str
+    fetch_allow_hosts: list[str] = []  # Settings.fetch_allow_hosts: non-public hosts example images may come from
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: object) -> ModelsResource:
         """The models the settings choose; `changes` set fields."""
-        return cls(**{**asdict(ModelChoice.from_settings(settings)), **changes})
+        return cls(**{**asdict(ModelChoice.from_settings(settings)),
+                      "fetch_allow_hosts": list(settings.fetch_allow_hosts), **changes})
 
     def choice(self) -> ModelChoice:
         return ModelChoice(**{field.name: getattr(self, field.name) for field in fields(ModelChoice)})
 
     def load_describer(self) -> Describer:
-        return build_describer(self.choice())
+        return build_describer(self.choice(), tuple(self.fetch_allow_hosts))
 
     def encoders(self) -> tuple[TextEncoder, ImageEncoder | None]:
         return build_encoders(self.choice())
 
     def image_fetcher(self) -> ImageFetcher:
-        return build_image_fetcher(self.choice())
+        return build_image_fetcher(self.choice(), tuple(self.fetch_allow_hosts))

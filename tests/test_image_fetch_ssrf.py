@@ -232,3 +232,14 @@ def test_an_allowed_network_and_an_allowed_name(server: str, tmp_path: Path) -> 
     by_name = fetcher_for(tmp_path / "b", spy, allow="mirror.local")
     assert by_name.fetch(f"http://mirror.local:{port}/good.png").error is None
     assert spy.connects == [("10.1.2.3", port)] * 2
+
+
+def test_the_dagster_models_resource_passes_the_allow_list_on(server: str, tmp_path: Path) -> None:
+    """The refresh's fetcher (orchestration's ModelsResource) honours ZOO_FETCH_ALLOW_HOSTS as a direct one does."""
+    from orchestration.models import ModelsResource
+
+    port = urlsplit(server).port
+    allowed = Settings.from_env({"ZOO_HOME": str(tmp_path), "ZOO_FETCH_ALLOW_HOSTS": f"127.0.0.1:{port}"})
+    assert ModelsResource.from_settings(allowed).image_fetcher().fetch(f"http://127.0.0.1:{port}/good.png").image
+    refused(ModelsResource.from_settings(Settings.from_env({"ZOO_HOME": str(tmp_path / "b")})).image_fetcher()
+            .fetch(f"http://127.0.0.1:{port}/good.png"))
