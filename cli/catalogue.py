@@ -36,7 +36,8 @@ class _ProgressHandler(logging.Handler):
 
 
 def _run_with_progress(settings: Settings, title: str, **refresh_args):
-    from orchestration.run import refresh_zoo
+    """The whole refresh, recorded in the persistent Dagster instance (settings.dagster_home)."""
+    from orchestration.run import persistent_instance, refresh_zoo
 
     with err.status(title) as status:
         handler = _ProgressHandler(status)
@@ -45,7 +46,8 @@ def _run_with_progress(settings: Settings, title: str, **refresh_args):
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         try:
-            return refresh_zoo(settings, **refresh_args)
+            with persistent_instance(settings) as instance:
+                return refresh_zoo(settings, instance=instance, **refresh_args)
         finally:
             for logger in watched:
                 logger.removeHandler(handler)

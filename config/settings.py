@@ -104,6 +104,13 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # ZOO_CORS_ORIGINS: browser origins allowed to call the HTTP API
     studio: bool = True  # ZOO_STUDIO: off for search-only servers (generate/edit answer 503)
     max_body_bytes: int = 20 << 20  # ZOO_MAX_BODY_MB: the largest request body the HTTP API reads
+    dagster_dir: Path | None = None  # DAGSTER_HOME; unset: dagster_home is under zoo_home
+
+    @property
+    def dagster_home(self) -> Path:
+        """The persistent Dagster instance every `zoo refresh` and `zoo demo` is recorded in, so that `dagster dev`
+        started with the same DAGSTER_HOME shows their runs, materialisations and checks."""
+        return self.dagster_dir or self.zoo_home / "dagster"
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -163,6 +170,7 @@ class Settings:
             studio=_bool(env, "ZOO_STUDIO", True),
             max_body_bytes=int(_float(env, "ZOO_MAX_BODY_MB", 20.0, 0.01) * (1 << 20)),
             zoo_home=home,
+            dagster_dir=Path(env["DAGSTER_HOME"]).expanduser().resolve() if env.get("DAGSTER_HOME") else None,
             database_url=database_url,
             civitai_base_url=base_url,
             civitai_api_key=env.get("CIVITAI_API_KEY") or None,

@@ -11,7 +11,7 @@ from crawlers.dump import ingest_dump
 from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES, SERVED_TYPES, types_by_role
 from db import locks
 from db.links import rebuild_links, resolve_image_resources
-from db.summary import table_counts
+from db.summary import headline_counts, table_counts
 from orchestration.metadata import AssetReport
 from orchestration.resources import CivitaiResource, DatabaseResource, RunRefused
 
@@ -106,4 +106,14 @@ def adapter_checkpoint_links(context: AssetExecutionContext, database: DatabaseR
     return report.result()
 
 
-CATALOGUE_ASSETS = [civitai_models_raw, zoo_catalogue, image_resources, adapter_checkpoint_links]
+@asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[adapter_checkpoint_links],
+       description="The zoo's headline counts after the refresh (models, served versions, links, coverage, what the "
+                   "run changed, history's bytes) as numeric metadata, which the Dagster UI plots over time.")
+def zoo_stats(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
+    report = AssetReport()
+    with database.engine().connect() as conn:  # reads only: it waits for no other run's lock
+        report.add(**headline_counts(conn, ADAPTER_TYPES, CHECKPOINT_TYPES))
+    return report.result()
+
+
+CATALOGUE_ASSETS = [civitai_models_raw, zoo_catalogue, image_resources, adapter_checkpoint_links, zoo_stats]

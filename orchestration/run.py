@@ -7,6 +7,8 @@ sums up the runs.
 
 from __future__ import annotations
 
+import sys
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field, replace
 
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
@@ -18,6 +20,15 @@ from orchestration.resources import CivitaiResource
 
 # The console logger would print every failed step's traceback; failures() says what failed, in one line each.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def persistent_instance(settings: Settings) -> DagsterInstance:
+    """The Dagster instance under settings.dagster_home (DAGSTER_HOME), created on first use: runs recorded in it
+    are what `dagster dev` shows when started with the same DAGSTER_HOME. Callers that pass no instance (tests,
+    benchmarks) run on an ephemeral one that is gone with the process."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    with redirect_stdout(sys.stderr):  # Dagster greets a new instance on stdout, which `--json` keeps for JSON
+        return DagsterInstance.from_config(str(settings.dagster_home))
 
 
 def _definitions(settings: Settings, database_url: str | None, civitai: CivitaiResource | None,

@@ -17,11 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def zoo_home() -> Iterator[str]:
-    """Tests never write to the user's ~/.zoo: converted models, caches and downloads go to a session folder."""
+    """Tests never write to the user's ~/.zoo: converted models, caches, downloads and the Dagster instance of the
+    CLI's runs go to a session folder (a DAGSTER_HOME set in the environment is ignored meanwhile)."""
     home = tempfile.mkdtemp(prefix="zoo-test-home-")
     previous = os.environ.get("ZOO_HOME")
+    dagster_home = os.environ.pop("DAGSTER_HOME", None)
     os.environ["ZOO_HOME"] = home
     yield home
+    if dagster_home is not None:
+        os.environ["DAGSTER_HOME"] = dagster_home
     if previous is None:
         os.environ.pop("ZOO_HOME", None)
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import AssetKey
 from sqlalchemy import text
 
-from helpers import FIXTURES
+from helpers import FIXTURES, truncate_all
 from orchestration.definitions import defs
 from orchestration.location import zoo_definitions
 from orchestration.resources import zoo_resources
@@ -26,12 +26,13 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"civitai_models_raw", "zoo_catalogue", "image_resources", "adapter_checkpoint_links",
-                    "adapter_descriptions", "zoo_embeddings", "retrieval_index"}
+                    "zoo_stats", "adapter_descriptions", "zoo_embeddings", "retrieval_index"}
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
                for key in graph.get_all_asset_keys()}
     assert parents["zoo_catalogue"] == {"civitai_models_raw"}
     assert parents["adapter_checkpoint_links"] == {"image_resources"}
     assert parents["adapter_descriptions"] == {"adapter_checkpoint_links"}
+    assert parents["zoo_stats"] == {"adapter_checkpoint_links"}
     assert parents["retrieval_index"] == {"zoo_embeddings"}
     assert graph.get(AssetKey("zoo_embeddings")).partitions_def is not None
     schedule = defs.resolve_schedule_def("daily_zoo_refresh")
@@ -50,7 +51,7 @@ def test_jobs_select_asset_groups_and_the_settings_set_the_shards(settings) -> N
         return {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).is_executable}
 
     assert selected("refresh_zoo") == {"civitai_models_raw", "zoo_catalogue", "image_resources",
-                                       "adapter_checkpoint_links"}
+                                       "adapter_checkpoint_links", "zoo_stats"}
     assert selected("describe_and_embed") == {"adapter_descriptions", "zoo_embeddings"}
     assert selected("build_retrieval_index") == {"retrieval_index"}
     assert location.resolve_job_def("describe_and_embed").partitions_def.get_partition_keys() == ["0", "1", "2"]
@@ -90,6 +91,10 @@ def test_in_process_run_materialises_every_asset_with_metadata(settings, engine)
     assert all(key in metadata["zoo_catalogue"] for key in ("seconds", "rows_images", "rows_image_resources"))
     assert all(isinstance(asset["seconds"], float) for asset in metadata.values())
     assert metadata["civitai_models_raw"]["models_per_second"] > 0
+    stats = metadata["zoo_stats"]
+    assert (stats["models"], stats["last_run_added"], stats["last_run_changed"]) == (9, 9, 0)
+    assert stats["served_versions"] > 0 and stats["links"] == metadata["adapter_checkpoint_links"]["links"]
+    assert all(isinstance(value, (int, float)) for value in stats.values())  # numeric: the UI plots them
     assert all(event.passed for event in result.get_asset_check_evaluations())
 
     again = run_refresh(settings, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1)
@@ -99,6 +104,7 @@ def test_in_process_run_materialises_every_asset_with_metadata(settings, engine)
     assert second["zoo_catalogue"]["normalised"] == 0
     assert second["image_resources"]["skipped"] is True
     assert second["adapter_checkpoint_links"]["skipped"] is True
+    assert (second["zoo_stats"]["models"], second["zoo_stats"]["last_run_added"]) == (9, 0)
 
 
 def test_nsfw_check_fails_when_an_nsfw_model_slips_into_serving(settings, engine) -> None:
@@ -110,3 +116,23 @@ def test_nsfw_check_fails_when_an_nsfw_model_slips_into_serving(settings, engine
     checks = {event.check_name: event.passed for event in result.get_asset_check_evaluations()}
     assert checks["nothing_nsfw_served"] is False
     assert not result.success
+
+
+def test_cli_runs_are_recorded_in_the_persistent_instance_dagster_dev_reads(settings, engine, tmp_path) -> None:
+    from dagster import DagsterInstance
+
+    from config import Settings
+    from orchestration.run import persistent_instance
+
+    assert Settings.from_env({"ZOO_HOME": str(tmp_path)}).dagster_home == tmp_path / "dagster"
+    assert Settings.from_env({"ZOO_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "d")}).dagster_home == \
+        tmp_path / "d"
+    truncate_all(engine)  # the test before left a policy bug behind
+    home = replace(settings, dagster_dir=tmp_path / "dagster")
+    with persistent_instance(home) as instance:
+        result = run_refresh(home, dump_path=str(FIXTURES / "civitai_2023.jsonl"), workers=1, instance=instance)
+    assert result.success
+    with DagsterInstance.from_config(str(tmp_path / "dagster")) as reopened:  # what `dagster dev` would open
+        assert [run.job_name for run in reopened.get_runs()] == ["refresh_zoo"]
+        stats = reopened.get_latest_materialization_event(AssetKey("zoo_stats"))
+        assert stats.asset_materialization.metadata["models"].value == 9
