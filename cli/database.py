@@ -1,5 +1,6 @@
-"""`zoo db`: the schema (upgrade, check), the embedded server as a service (start, stop, status) and the ways in
-(url, shell, reader-sql). One sub-command per action; add an action with one more `_action(...)` in register()."""
+"""`zoo db`: the schema (upgrade, check, docs), the embedded server as a service (start, stop, status) and the
+ways in (url, shell, reader-sql). One sub-command per action; add an action with one more `_action(...)` in
+register()."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from cli.output import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, err, print_json, usage_error
 from config import Settings
@@ -29,6 +31,17 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     migrate.check(get_engine(settings))
     err.print("models and migrations agree")
+    return EXIT_OK
+
+
+def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from db.engine import get_engine
+    from db.migrate import ensure_migrated
+    from db.schema_docs import write_schema_docs
+
+    with ensure_migrated(get_engine(settings)).connect() as conn:
+        write_schema_docs(conn, args.output)
+    err.print(f"wrote {args.output}")
     return EXIT_OK
 
 
@@ -179,6 +192,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     _action("upgrade", cmd_upgrade, "bring the schema to the newest migration")
     _action("check", cmd_check, "check that the ORM models and the migrations agree")
+    docs = _action("docs", cmd_docs, "write the schema's tables, views and columns with their comments as Markdown")
+    docs.add_argument("--output", type=Path, default=Path("docs/schema.md"), help="where (default: docs/schema.md)")
     start = _action("start", cmd_start, "run the embedded server in the background until `zoo db stop`", json=True)
     start.add_argument("--tcp", action="store_true",
                        help=f"listen on 127.0.0.1 too, with a password (port {DEFAULT_TCP_PORT} unless --port)")

@@ -9,7 +9,8 @@ The zoo (creator, base model, dates; * marks a version dated by created_at, havi
   6 LORA "XL Red"           carol  SDXL 1.0 v61 2023-04-30 23:30-02:00 (May in UTC), trained redstyle
   7 TextualInversion "Neg"  (none) SD 1.5   v71 2023-02-01*   file with an AutoV2 only, shared with model 8
   8 LORA "Gone"             carol  SD 1.5   v81 2023-01-15*   deleted on Civitai (not served)
-Versions 31 and 61 also carry a VAE file each whose AutoV2 agree but whose SHA256 differ: not a re-upload.
+Versions 31 and 61 also carry a second model file each whose AutoV2 agree but whose SHA256 differ (not a re-upload),
+and the same VAE file (bundled, not a re-uploaded model).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from embedding.refresh import describe_pending
 
 KEY = DescriberKey("vlm:test", "1", "card-text", "1")
 S1, S2 = "A1" * 32, "B2" * 32
-VAE_1, VAE_2 = "C" * 10 + "1" * 54, "C" * 10 + "2" * 54
+ALIKE_1, ALIKE_2, VAE = "C" * 10 + "1" * 54, "C" * 10 + "2" * 54, "E" * 64
 
 MODELS = [  # id, name, type, creator, downloads, nsfw, deleted
     (1, "Base One", "Checkpoint", "alice", 1000, False, False),
@@ -53,13 +54,15 @@ FILES = [  # id, version, name, primary, sha256, autov2, type
     (111, 11, "base_one.safetensors", True, "D4" * 32, None, "Model"),
     (211, 21, "base_two.safetensors", True, "E5" * 32, None, "Model"),
     (311, 31, "xl_base.safetensors", True, "F6" * 32, None, "Model"),
-    (312, 31, "xl_base_vae.safetensors", False, VAE_1, VAE_1[:10], "VAE"),
+    (312, 31, "xl_base_fp16.safetensors", False, ALIKE_1, ALIKE_1[:10], "Pruned Model"),
+    (313, 31, "sdxl_vae.safetensors", False, VAE, VAE[:10], "VAE"),
     (411, 41, "red_style.safetensors", True, S1, S1[:10], "Model"),
     (412, 41, "red_style_v0.safetensors", False, S2, None, "Model"),
     (421, 42, "red_style_v0.safetensors", True, S2, S2[:10], "Model"),
     (511, 51, "red_copy.safetensors", True, S1, None, "Model"),
     (611, 61, "xl_red.safetensors", True, "A7" * 32, None, "Model"),
-    (612, 61, "xl_red_vae.safetensors", False, VAE_2, VAE_2[:10], "VAE"),
+    (612, 61, "xl_red_fp16.safetensors", False, ALIKE_2, ALIKE_2[:10], "Model"),
+    (613, 61, "sdxl_vae.safetensors", False, VAE, VAE[:10], "VAE"),
     (711, 71, "neg.pt", True, None, "BBBBBBBBBB", "Model"),
     (811, 81, "gone.pt", True, None, "BBBBBBBBBB", "Model"),
 ]
@@ -204,7 +207,7 @@ def test_duplicate_uploads_by_sha256_or_autov2(zoo: Engine):
          "first_version_id": 41, "model_ids": [4, 5], "file_names": ["red_copy.safetensors", "red_style.safetensors"]},
         {"autov2": "BBBBBBBBBB", "sha256": None, "models": 2, "versions": 2, "files": 2, "first_model_id": 8,
          "first_version_id": 81, "model_ids": [7, 8], "file_names": ["gone.pt", "neg.pt"]},
-    ]  # S2 stays within model 4; the VAE files share an AutoV2 but not their SHA256
+    ]  # S2 stays within model 4; files 312 and 612 share an AutoV2 but not their SHA256; the VAE is no model file
 
 
 def test_creator_stats(zoo: Engine):

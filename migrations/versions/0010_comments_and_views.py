@@ -388,7 +388,7 @@ NEW_VIEWS = {
             SELECT coalesce(left(f.sha256, 10), f.autov2) AS autov2, f.sha256, f.name, f.version_id, v.model_id,
                    coalesce(v.published_at, v.created_at) AS uploaded_at
             FROM model_files f JOIN model_versions v ON v.id = f.version_id
-            WHERE f.sha256 IS NOT NULL OR f.autov2 IS NOT NULL
+            WHERE (f.sha256 IS NOT NULL OR f.autov2 IS NOT NULL) AND f.type IN ('Model', 'Pruned Model')
         )
         SELECT autov2, max(sha256) AS sha256, count(DISTINCT model_id) AS models,
                count(DISTINCT version_id) AS versions, count(*) AS files,
@@ -400,8 +400,8 @@ NEW_VIEWS = {
         GROUP BY autov2
         HAVING count(DISTINCT model_id) > 1 AND count(DISTINCT sha256) <= 1
         """,
-        "Files uploaded under more than one model: same AutoV2 (first 10 hex of SHA256) and no differing SHA256; "
-        "every catalogued file, NSFW and deleted models included",
+        "Model files (types Model and Pruned Model; not the VAEs and configs many models bundle) uploaded under more "
+        "than one model: same AutoV2 (first 10 hex of SHA256), no differing SHA256; NSFW and deleted models included",
         {
             "autov2": "the file's AutoV2 hash (from SHA256 where known)",
             "sha256": "the file's SHA256 where any upload gives it",
