@@ -5,6 +5,8 @@ keeps the rule "every table, view and column commented"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from sqlalchemy import Connection, text
@@ -62,13 +64,12 @@ class Function:
 
 def relations(conn: Connection) -> list[Relation]:
     """Tables and views of the public schema with their columns (in table order) and comments, by name."""
-    found: dict[str, Relation] = {}
-    for row in conn.execute(text(_RELATIONS)).mappings():
-        column = Column(row["column_name"], row["column_type"], row["column_comment"])
-        known = found.get(row["name"])
-        columns = (known.columns if known else ()) + (column,)
-        found[row["name"]] = Relation(row["name"], KINDS[row["kind"]], row["comment"], columns)
-    return list(found.values())
+    found = []
+    for name, group in groupby(conn.execute(text(_RELATIONS)).mappings(), itemgetter("name")):
+        rows = list(group)
+        columns = tuple(Column(r["column_name"], r["column_type"], r["column_comment"]) for r in rows)
+        found.append(Relation(name, KINDS[rows[0]["kind"]], rows[0]["comment"], columns))
+    return found
 
 
 def functions(conn: Connection) -> list[Function]:
