@@ -28,14 +28,8 @@ from sqlalchemy import text
 
 from crawlers.a1111 import plain_text
 from serving.search import words
-from serving.search.words import (
-    STOP_WORDS,
-    clear_caches,
-    lexemes,
-    prompt_terms,
-    query_terms,
-    stem,
-)
+from serving.search.tsearch.english import STOP_WORDS, stem
+from serving.search.words import clear_caches, lexemes, prompt_terms, query_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 
