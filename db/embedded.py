@@ -3,7 +3,8 @@
 pgserver keeps a handle list in the data folder: the pids of the processes using the server. Each process adds
 its pid when it joins and removes it at exit, and the last one out stops the server. A process killed before its
 exit handlers ran (SIGKILL, or SIGTERM without a handler) leaves its pid behind, and the server then never stops.
-So every process here prunes dead pids from the list when it joins and again as it leaves. `zoo db start` keeps
+So every process here prunes dead pids from the list when it joins and again as it leaves, and makes sure the
+server's watchdog runs, which stops it when its last holders were all killed (db/watchdog.py). `zoo db start` keeps
 the server running with a handle of its own (db/service.py).
 """
 
@@ -110,6 +111,9 @@ def embedded_database_url(data_dir: Path, *, throwaway: bool = False) -> str:
         # atexit runs handlers last-in first-out: this prune comes just before pgserver's own cleanup, so a holder
         # killed meanwhile does not keep this process from stopping the server.
         atexit.register(prune_handles, data_dir)
+        from db.watchdog import ensure_running  # the watchdog imports this module
+
+        ensure_running(data_dir)
     info = running_postmaster(data_dir) or _servers[data_dir].get_postmaster_info()
     return socket_url(info).replace("postgresql://", "postgresql+psycopg://", 1)
 

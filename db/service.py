@@ -144,5 +144,10 @@ def stop(data_dir: Path, *, force: bool = False) -> ServerStatus:
         embedded.remove_handle(data_dir, info.pid)
         if current.clients and not force:
             return _status(data_dir, info, embedded.live_handles(data_dir))
-        _pg_ctl(data_dir, ["-w", "-m", "fast", "stop"])
+        shut_down(data_dir)
         return ServerStatus(data_dir, running=False, clients=current.clients)
+
+
+def shut_down(data_dir: Path) -> None:
+    """Stop the server now, closing its connections (call under embedded.handle_lock, having decided it may)."""
+    _pg_ctl(data_dir, ["-w", "-m", "fast", "stop"])
