@@ -55,7 +55,7 @@ def lookup(hash: Annotated[str | None, Query(max_length=128, description="any ha
     return LookupResponse(hash=hash, file=file, matches=matches)
 
 
-@router.post("/inspect", response_model=Inspection, responses=responses(413, 422, 503))
+@router.post("/inspect", response_model=Inspection, responses=responses(400, 413, 422, 503))
 def inspect(image: UploadFile | None = File(None, description="a PNG with A1111 'parameters'"),
             parameters: Annotated[str | None, Form(max_length=MAX_PARAMETERS_CHARS,
                                                    description="or the parameters text itself")] = None,

@@ -23,7 +23,8 @@ PROBLEM_TYPE = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
           413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
           500: "Internal server error", 503: "Service unavailable"}
-DESCRIPTIONS = {401: "a bearer token is needed (ZOO_API_TOKEN) and was missing or wrong",
+DESCRIPTIONS = {400: "the body could not be parsed (broken multipart, form or JSON bytes)",
+                401: "a bearer token is needed (ZOO_API_TOKEN) and was missing or wrong",
                 404: "no such resource (or not served: NSFW, deleted, above the content level)",
                 409: "the job has no image (yet)", 413: "the body or image is larger than the server takes",
                 422: "a parameter the server cannot take (the problem names it, and the allowed values)",

@@ -89,7 +89,7 @@ ACCEPTED = {202: {"model": JobStatus, "description": "queued: poll the Location 
 
 
 @router.post("/generate", status_code=202, response_model=JobStatus, dependencies=[Depends(require_token)],
-             responses={**ACCEPTED, **responses(401, 413, 422, 503)})
+             responses={**ACCEPTED, **responses(400, 401, 413, 422, 503)})
 async def generate(body: GenerateRequest, request: Request, state: ServerState = Depends(server)) -> JSONResponse:
     """Queue an image for a prompt: the checkpoint and adapters retrieved for it (or the ones given)."""
     studio = state.need_studio()
@@ -100,7 +100,7 @@ async def generate(body: GenerateRequest, request: Request, state: ServerState =
 
 
 @router.post("/edit", status_code=202, response_model=JobStatus, dependencies=[Depends(require_token)],
-             responses={**ACCEPTED, **responses(401, 413, 422, 503)})
+             responses={**ACCEPTED, **responses(400, 401, 413, 422, 503)})
 async def edit(request: Request, image: Annotated[UploadFile, File(description="the image to edit")],
                instruction: Annotated[str, Form(min_length=1, max_length=4000)],
                reference: UploadFile | None = File(None, description="a style reference image"),

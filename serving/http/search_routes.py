@@ -92,7 +92,7 @@ def search(params: Annotated[SearchParams, Query()], state: ServerState = Depend
     return run_search(state, params)
 
 
-@router.post("/search", response_model=SearchResponse, responses=responses(413, 422, 503))
+@router.post("/search", response_model=SearchResponse, responses=responses(400, 413, 422, 503))
 def search_upload(params: Annotated[SearchParams, Form()], image: UploadFile | None = File(None),
                   state: ServerState = Depends(server)) -> SearchResponse:
     """As GET, with an optional uploaded image to search by (presets that embed images)."""
