@@ -9,9 +9,13 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.output import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, err, print_json, usage_error
 from config import Settings
+
+if TYPE_CHECKING:
+    from db.service import ServerStatus
 
 DEFAULT_TCP_PORT = 5432
 
@@ -53,7 +57,7 @@ def _embedded_only(settings: Settings, action: str) -> int | None:
     return None
 
 
-def _describe(server) -> str:
+def _describe(server: ServerStatus) -> str:
     if not server.running:
         return f"the embedded server is not running (data: {server.data_dir})"
     holders = (["`zoo db start`"] if server.service else []) + (

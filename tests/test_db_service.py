@@ -185,6 +185,18 @@ def test_stop_leaves_no_postgres_process(home: Path, data_dir: Path):
     assert _zoo(home, "db", "status").returncode == 3
 
 
+def test_url_of_a_stopped_server_says_to_start_it(in_home: Path, capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["db", "url"]) == 3
+    assert "zoo db start" in capsys.readouterr().err
+
+
+def test_start_and_stop_refuse_another_configured_server(database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert (cli.main(["db", "start"]), cli.main(["db", "stop"])) == (2, 2)
+    assert "DATABASE_URL is set" in capsys.readouterr().err
+
+
 def _command_line(process: psutil.Process) -> str:
     try:
         return "" if process.status() == psutil.STATUS_ZOMBIE else " ".join(process.cmdline())
