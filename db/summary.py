@@ -44,7 +44,8 @@ def top_links(conn: Connection, limit: int = 5) -> list[dict]:
 
 def headline_counts(conn: Connection, adapter_types: Sequence[str], checkpoint_types: Sequence[str]) -> dict[str, int]:
     """The numbers a refresh is watched by (the zoo_stats asset's metadata, which Dagster plots over time): the
-    catalogue's size, what is served and covered, what the last refresh run changed and what history costs."""
+    catalogue's size, what is served and covered, what the last refresh run changed and what history costs.
+    Coverage (described, embedded) is as the describe/embed job last left it: it runs after the catalogue job."""
     counts = dict(conn.execute(text(
         """
         SELECT (SELECT count(*) FROM models) AS models,

@@ -107,8 +107,9 @@ def adapter_checkpoint_links(context: AssetExecutionContext, database: DatabaseR
 
 
 @asset(group_name=CATALOGUE_GROUP, kinds=KINDS, deps=[adapter_checkpoint_links],
-       description="The zoo's headline counts after the refresh (models, served versions, links, coverage, what the "
-                   "run changed, history's bytes) as numeric metadata, which the Dagster UI plots over time.")
+       description="The zoo's headline counts after the refresh (models, served versions, links, what the run "
+                   "changed, history's bytes; described and embedded versions as of the last describe/embed run) as "
+                   "numeric metadata, which the Dagster UI plots over time.")
 def zoo_stats(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     report = AssetReport()
     with database.engine().connect() as conn:  # reads only: it waits for no other run's lock
