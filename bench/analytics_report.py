@@ -6,7 +6,7 @@ opened as ```sql chart=NAME also feeds the chart NAME (CHARTS below), drawn to d
 read-only transaction, so pointing this at a zoo others use changes nothing in it.
 
     python bench/analytics_report.py /tmp/eng/dump/data          # an embedded server's data folder, or
-    python bench/analytics_report.py postgresql://...  --write   # a URL; --write updates the document and charts
+    python bench/analytics_report.py "$(zoo db url)" --write     # a URL; --write updates the document and charts
 """
 
 from __future__ import annotations
@@ -153,16 +153,15 @@ def draw(name: str, columns: list[str], rows: list[tuple], folder: Path) -> Path
     return path
 
 
-def database_url(target: str) -> str | None:
-    """A URL as given; a folder is an embedded server's data directory (started or joined); None if neither."""
-    if "://" in target:
-        return target
-    if Path(target).is_dir():
-        sys.path.insert(0, str(REPO))
-        from db.embedded import embedded_database_url
+def zoo_url(target: str) -> str | None:
+    """A URL (plain postgresql:// ones get the psycopg 3 driver), or a folder: an embedded server's data directory
+    (started or joined); None if `target` is neither."""
+    sys.path.insert(0, str(REPO))
+    from db.engine import url_or_embedded
 
-        return embedded_database_url(Path(target))
-    return None
+    if "://" in target:
+        return url_or_embedded(target, Path(target))
+    return url_or_embedded(None, Path(target)) if Path(target).is_dir() else None
 
 
 def main() -> None:
@@ -171,7 +170,7 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--write", action="store_true", help="write the answers into the document and the charts")
     args = parser.parse_args()
-    url = database_url(args.zoo)
+    url = zoo_url(args.zoo)
     if url is None:
         print(f"skipped: {args.zoo} is neither a database URL nor a data folder")
         return
