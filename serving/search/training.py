@@ -134,11 +134,17 @@ def _add(data: LevelData, pool, labels: np.ndarray, hand: np.ndarray, creator: s
 
 
 def train(engine: SearchEngine, queries: list[TrainingQuery], min_queries: int = MIN_QUERIES) -> LearnedRanker:
+    """A ranker per level from the queries (their vectors encoded)."""
+    ranker = fit_levels(engine, level_data(engine, queries), min_queries)
+    ranker.metrics["queries"] = len(queries)
+    return ranker
+
+
+def fit_levels(engine: SearchEngine, data: dict[str, LevelData], min_queries: int = MIN_QUERIES) -> LearnedRanker:
     """A ranker per level: validated on held-out creators against the hand weights, then trained on all."""
     import lightgbm
 
-    data = level_data(engine, queries)
-    boosters, metrics = {}, {"queries": len(queries), "features": list(FEATURES)}
+    boosters, metrics = {}, {"features": list(FEATURES)}
     for level, found in data.items():
         if len(found.labels) < min_queries:
             log.warning("level %s: %d training queries, too few to learn from", level, len(found.labels))
