@@ -25,10 +25,11 @@ POLL_SECONDS = 2.0
 PID_FILE = ".zoo_watchdog.pid"
 
 
-def _is_watchdog(pid: int, data_dir: Path) -> bool:
+def _watchdog_runs(pid_file: Path, data_dir: Path) -> bool:
+    """Whether the pid in `pid_file` is this data folder's watchdog (not a dead one's pid, reused)."""
     try:
-        command_line = psutil.Process(pid).cmdline()
-    except psutil.Error:  # gone, or a zombie
+        command_line = psutil.Process(int(pid_file.read_text().strip())).cmdline()
+    except (OSError, ValueError, psutil.Error):  # no file, not a pid, gone, or a zombie
         return False
     return __spec__.name in command_line and str(data_dir) in command_line
 
@@ -38,7 +39,7 @@ def ensure_running(data_dir: Path) -> None:
     Ctrl-C or hang-up that ends a zoo command does not end it."""
     pid_file = data_dir / PID_FILE
     with embedded.handle_lock():
-        if pid_file.exists() and _is_watchdog(int(pid_file.read_text().strip() or 0), data_dir):
+        if _watchdog_runs(pid_file, data_dir):
             return
         watchdog = subprocess.Popen([sys.executable, "-m", __spec__.name, str(data_dir)], start_new_session=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
