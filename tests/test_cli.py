@@ -51,10 +51,11 @@ def _last_json(out: str) -> dict:
     return json.loads(lines[-1])
 
 
-def test_refresh_from_a_dump_then_summary_json(env: Engine, capsys: pytest.CaptureFixture[str]):
+def test_refresh_from_a_dump_then_summary_json(env: Engine, capsys: pytest.CaptureFixture[str], tmp_path: Path):
     truncate_all(env)
     code = cli.main(["refresh", "--dump", str(FIXTURES / "civitai_2023.jsonl"), "--workers", "1", "--json"])
-    run = _last_json(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    run = json.loads(out)  # stdout is the JSON alone (Dagster greets a new instance on stderr)
     assert code == 0, run
     assert run["success"] is True
     assert run["failures"] == []
@@ -62,6 +63,12 @@ def test_refresh_from_a_dump_then_summary_json(env: Engine, capsys: pytest.Captu
     assert {"civitai_models_raw", "zoo_catalogue", "image_resources", "adapter_checkpoint_links"} <= set(run["assets"])
     assert run["assets"]["civitai_models_raw"]["items_received"] == 9
     assert run["assets"]["zoo_catalogue"]["normalised"] == 9
+    assert run["assets"]["zoo_stats"]["models"] == 9
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:  # what `dagster dev` shows
+        assert {r.job_name for r in instance.get_runs()} == {"refresh_zoo", "describe_and_embed",
+                                                             "build_retrieval_index"}
 
     assert cli.main(["summary", "--json"]) == 0
     summary = _last_json(capsys.readouterr().out)
