@@ -1,6 +1,6 @@
-"""`zoo serve`: the HTTP API and the gallery page (serving/http) under uvicorn. Several workers are several processes, each loading the
-search engine from Postgres and working the shared job queue; replicas on other hosts do the same with the same
-DATABASE_URL."""
+"""`zoo serve`: the HTTP API and the gallery page (serving/http) under uvicorn. Several workers are several
+processes, each loading the search engine from Postgres and working the shared job queue; replicas on other hosts
+do the same with the same DATABASE_URL."""
 
 from __future__ import annotations
 
