@@ -26,7 +26,7 @@ def test_definitions_hold_the_catalogue_graph_job_schedule_and_checks() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"civitai_models_raw", "zoo_catalogue", "image_resources", "adapter_checkpoint_links",
-                    "zoo_stats", "adapter_descriptions", "zoo_embeddings", "retrieval_index"}
+                    "zoo_stats", "adapter_descriptions", "zoo_embeddings", "retrieval_index", "retrieval_ranker"}
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
                for key in graph.get_all_asset_keys()}
     assert parents["zoo_catalogue"] == {"civitai_models_raw"}
@@ -53,7 +53,7 @@ def test_jobs_select_asset_groups_and_the_settings_set_the_shards(settings) -> N
     assert selected("refresh_zoo") == {"civitai_models_raw", "zoo_catalogue", "image_resources",
                                        "adapter_checkpoint_links", "zoo_stats"}
     assert selected("describe_and_embed") == {"adapter_descriptions", "zoo_embeddings"}
-    assert selected("build_retrieval_index") == {"retrieval_index"}
+    assert selected("build_retrieval_index") == {"retrieval_index", "retrieval_ranker"}
     assert location.resolve_job_def("describe_and_embed").partitions_def.get_partition_keys() == ["0", "1", "2"]
     graph = location.resolve_asset_graph()
     assert all("postgres" in graph.get(key).kinds for key in graph.get_all_asset_keys())
