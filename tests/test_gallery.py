@@ -13,9 +13,12 @@ import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import text
 
@@ -49,16 +52,16 @@ def world(engine, database_url, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DATABASE_URL", database_url)
         patch.setenv("ZOO_STUDIO", "off")
-        settings = Settings.from_env()
-        outcome = refresh_zoo(settings, dump_path=str(snapshot_path()), database_url=database_url, workers=1)
+        zoo_settings = Settings.from_env()
+        outcome = refresh_zoo(zoo_settings, dump_path=str(snapshot_path()), database_url=database_url, workers=1)
         assert outcome.success, outcome.failures()
         with engine.begin() as conn:
             image_ids = conn.execute(text("SELECT id FROM images")).scalars().all()
             conn.execute(text("UPDATE images SET url = :base || '/images/' || id || '.png'"), {"base": files.url})
         files.images.update({f"{image_id}.png": _png(image_id) for image_id in image_ids})
-        retriever = open_retriever(settings)
-        with TestClient(create_app(settings, retriever=retriever)) as client:
-            yield {"client": client, "settings": settings, "retriever": retriever, "files": files}
+        retriever = open_retriever(zoo_settings)
+        with TestClient(create_app(zoo_settings, retriever=retriever)) as client:
+            yield {"client": client, "settings": zoo_settings, "retriever": retriever, "files": files}
     files.close()
 
 
@@ -127,6 +130,18 @@ def test_bad_input_is_the_page_with_the_reason(world, params, status, needle):
     assert 'role="alert"' in page and needle in page
 
 
+FIELDS = ("q", "base_model", "type", "commercial_use", "max_content_level", "min_downloads", "top_k", "checkpoint")
+
+
+@given(params=st.lists(st.tuples(st.sampled_from(FIELDS), st.text(max_size=30)), max_size=6),
+       version=st.text(min_size=1, max_size=12))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_no_input_makes_the_pages_fail(world, params, version):
+    client = world["client"]
+    assert client.get("/", params=params).status_code in (200, 404, 422)
+    assert client.get(f"/versions/{quote(version, safe='')}").status_code in (200, 404)
+
+
 def test_what_the_page_echoes_is_escaped(world):
     page = _html(world["client"].get("/", params={"q": '<script>alert("x")</script>'}))
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
@@ -139,7 +154,7 @@ def test_the_version_page(world, ids):
     assert card["name"] in page and card["lora_tag"].replace("<", "&lt;").replace(">", "&gt;") in page
     assert card["files"][0]["hashes"]["sha256"] in page and card["civitai_url"].replace("&", "&amp;") in page
     assert all(image["url"] in page for image in card["images"])
-    for missing in ("1", "abc", "0", str(2**64), str(ids["Afterhours Photoreal"])):  # the last one is NSFW
+    for missing in ("1", "abc", "0", "²", str(2**64), str(ids["Afterhours Photoreal"])):  # the last one is NSFW
         assert "not served" in _html(client.get(f"/versions/{missing}"), 404)
 
 

@@ -65,13 +65,19 @@ def _params(query: QueryParams) -> dict:
     return params
 
 
+def _version_id(value: str) -> int | None:
+    """A version id as a URL gives it (ASCII digits, in range), else None."""
+    return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 2**63 else None
+
+
 def _checkpoint_id(value: str | None) -> int | None:
     """The `checkpoint` field (adapters for another checkpoint of the answer); BadRequest unless a version id."""
     if not value:
         return None
-    if not value.isdigit() or not 0 < int(value) < 2**63:
+    version_id = _version_id(value)
+    if version_id is None:
         raise BadRequest("checkpoint", "checkpoint must be a version id")
-    return int(value)
+    return version_id
 
 
 def _choose_url(query: QueryParams):
@@ -133,10 +139,10 @@ def gallery(request: Request, state: ServerState = Depends(server)) -> Response:
 def version_page(request: Request, version_id: str, state: ServerState = Depends(server)) -> Response:
     """One served version's card: description, trigger words, weight and tag, files and hashes, licence, example
     images with their prompts, and what it is used with (each linked to its own page)."""
-    card = None
-    if version_id.isdigit() and 0 < int(version_id) < 2**63:
+    card, number = None, _version_id(version_id)
+    if number is not None:
         try:
-            card = version_card(state.retriever, state.settings, int(version_id))
+            card = version_card(state.retriever, state.settings, number)
         except IndexNotReady as error:
             return _render(request, "message.html", 503, title="Not ready", message=f"The search index is not "
                            f"ready: {error}")
