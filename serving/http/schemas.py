@@ -4,10 +4,13 @@ prints (extra fields pass through), plus the links a person needs."""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from serving.search.results import Hit
 
 SCHEMA_VERSION = "1"
 
@@ -33,38 +36,30 @@ class Problem(Schema):
     allowed: dict[str, list[str]] | None = Field(None, description="for a bad filter value: the values it can be")
 
 
-class HitOut(Schema):
-    """A hit as `zoo search --json` prints it, plus its Civitai page and, for LoRA-family adapters, the tag to paste."""
+def _hit_fields() -> dict:
+    """The search Hit's fields as pydantic field definitions: one definition of a hit, the dataclass."""
+    hints = get_type_hints(Hit)
+    found = {}
+    for item in fields(Hit):
+        if item.default is not MISSING:
+            default = item.default
+        elif item.default_factory is not MISSING:
+            default = Field(default_factory=item.default_factory)
+        else:
+            default = ...
+        found[item.name] = (hints[item.name], default)
+    return found
 
+
+class _HitLinks(Schema):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
-    model_id: int
-    version_id: int
-    name: str
-    version_name: str
-    type: str
-    kind: str
-    base_model: str | None
-    base_model_family: str
-    score: float
-    similarity: float
-    downloads: int
-    co_usage_images: int
-    trigger_words: list[str]
-    recommended_weight: float | None
-    download_url: str | None
-    why: str
-    file_name: str | None = None
-    sha256: str | None = None
-    description: str = ""
-    lexical: float = 0.0
-    matched_words: list[str] = Field(default_factory=list)
-    rerank_score: float | None = None
-    rerank_round: int | None = None
-    role: str = ""
-    content_level: str = ""
-    other_versions: list[int] = Field(default_factory=list)
     civitai_url: str
     lora_tag: str | None = Field(None, description="`<lora:file_stem:weight>` at the recommended weight")
+
+
+HitOut = create_model("HitOut", __base__=_HitLinks, __module__=__name__, **_hit_fields())
+HitOut.__doc__ = ("A hit as `zoo search --json` prints it (serving.search.results.Hit), plus its Civitai page and, for "
+                  "LoRA-family adapters, the tag to paste.")
 
 
 class AppliedFilters(Schema):
