@@ -96,17 +96,18 @@ def database_url(args: argparse.Namespace) -> str | None:
     return args.database_url or os.environ.get("DATABASE_URL")
 
 
-def sample_prompts(url: str, n: int, seed: int) -> list[str]:
-    """Prompts of the zoo's SFW example images (what people really typed), a fixed sample; a few stock prompts when
-    the zoo has none."""
+def sample_prompts(url: str, n: int, seed: int, chars: int) -> list[str]:
+    """Prompts of the zoo's SFW example images (what people really typed; the first `chars` characters), a fixed
+    sample; a few stock prompts when the zoo has none."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(text(
-                "SELECT left(prompt, 1000) FROM images WHERE NOT nsfw AND length(prompt) >= 10 "
-                "ORDER BY md5(id::text || :seed) LIMIT :n"), {"n": n, "seed": str(seed)}).scalars().all()
+                "SELECT left(prompt, :chars) FROM images WHERE NOT nsfw AND length(prompt) >= 10 "
+                "ORDER BY md5(id::text || :seed) LIMIT :n"),
+                {"n": n, "seed": str(seed), "chars": chars}).scalars().all()
     finally:
         engine.dispose()
     return [row.replace("\x00", "") for row in rows] or list(FALLBACK_PROMPTS)
@@ -278,6 +279,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per level")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--prompt-chars", type=int, default=1000,
+                        help="cut prompts to this many characters (the query encoder's cost grows with length)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="zoo serve --workers")
     parser.add_argument("--swap-clients", type=int, default=8)
@@ -300,7 +303,7 @@ def main() -> None:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    prompts = sample_prompts(url, args.prompts, args.seed)
+    prompts = sample_prompts(url, args.prompts, args.seed, args.prompt_chars)
     random.Random(args.seed).shuffle(prompts)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -309,8 +312,10 @@ async def run(args: argparse.Namespace, url: str) -> None:
     server = start_server(url, args.zoo_home, port, args.workers, log)
     try:
         ready = await wait_ready(base, server, args.ready_timeout)
+        median = np.median([len(prompt) for prompt in prompts])
         print(f"zoo serve ready in {time.perf_counter() - started:.1f} s: generation {ready['generation']}, "
-              f"{ready['versions']} versions, {len(prompts)} prompts, {args.workers} worker(s); log {log}")
+              f"{ready['versions']} versions, {len(prompts)} prompts (median {median:.0f} chars), "
+              f"{args.workers} worker(s); log {log}")
         await run_level(base, prompts, Level("warmup", 4), args.warmup, args.top_k, server.pid)
         levels = []
         for clients in (int(c) for c in args.clients.split(",")):
@@ -340,6 +345,7 @@ def report(levels: list[Level], swap: Level | None, ready: dict, args: argparse.
     if errors:
         print(f"errors: {errors}")
     headline = {"bench": "serve_load", "versions": ready["versions"], "workers": args.workers,
+                "prompt_chars": args.prompt_chars,
                 "errors": sum(row["errors"] for row in rows)}
     for row in rows:
         if row["level"].startswith("c"):
