@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import Settings
-from serving.search.results import Hit
-from serving.search.results import Filters
+from serving.search.results import Filters, Hit
 from serving.studio.catalogue import LOADABLE_FAMILIES, LORA_TYPES, Catalogue, StudioError, UnknownVersion
+from serving.studio.choice import Choice, Files, Region, best_checkpoint, model_name
 from serving.studio.composer import Chosen, Composition, compose, render
 from serving.studio.generate import GenerationResult
 from serving.studio.generate import generate as run_generate
@@ -54,37 +54,6 @@ __all__ = ["Studio", "StudioError", "UnknownVersion", "default_studio", "set_def
 IMAGE_STYLE_KEYWORD = "image style"  # what a style LoRA retrieved from the image serves (the composer keeps it)
 LOADABLE = Filters(families=LOADABLE_FAMILIES)  # retrieval never picks a checkpoint the pipelines cannot load
 SUGGESTED_NEGATIVES = 2  # negative embeddings added to an empty negative prompt
-NO_CHECKPOINT = "the zoo has no checkpoint {}: run `zoo refresh` (or `zoo demo`) first"
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """What a request runs with: the checkpoint, the composed adapters and prompt, and how each was chosen."""
-
-    checkpoint: Hit
-    composition: Composition
-    retrieval: dict[str, str]
-    negatives: list[Hit] = field(default_factory=list)  # embeddings search suggests for the negative prompt
-
-
-@dataclass(frozen=True)
-class _Files:
-    """The chosen versions' local files as the pipeline takes them, and the textual inversions' hits."""
-
-    checkpoint: Path
-    loras: list[LoraUse]
-    embeddings: list[EmbeddingUse]
-    embedding_hits: list[Hit]
-
-
-@dataclass(frozen=True)
-class _Region:
-    """Where and how an edit paints: the pipeline mode, its init image, the mask (inpaint) and its sidecar record."""
-
-    mode: str
-    init: Any  # PIL.Image.Image
-    mask: Any = None  # bool HxW
-    info: dict[str, Any] | None = None
 
 
 class Studio:
@@ -190,7 +159,7 @@ class Studio:
     # ---- choosing models ------------------------------------------------------------------------------------------
 
     def _choose(self, prompt: str, checkpoint_version_id: int | None, adapters: Sequence[tuple[int, float]] | None,
-                top_k: int, rerank: bool, notes: list[str]) -> _Choice:
+                top_k: int, rerank: bool, notes: list[str]) -> Choice:
         """The generation's checkpoint and composed adapters: given ones looked up, the rest searched for (each
         search level at most once)."""
         checkpoint, given = self.catalogue.given(checkpoint_version_id, adapters)
@@ -203,7 +172,7 @@ class Studio:
             composition = render(prompt, [Chosen(hit, weight, (), hit.kind) for hit, weight in given])
         else:
             composition = self._compose(prompt, hits, notes, rerank=rerank)
-        return _Choice(checkpoint, composition, retrieval, negatives)
+        return Choice(checkpoint, composition, retrieval, negatives)
 
     def _retrieve(self, prompt: str, checkpoint: Hit | None, want_adapters: bool,
                   top_k: int) -> tuple[Hit, list[Hit], list[Hit]]:
@@ -212,9 +181,9 @@ class Studio:
         retriever = self.retriever
         if checkpoint is None and want_adapters:
             result = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
-            return _best(result.checkpoints, "for this prompt"), result.adapters, result.negatives
+            return best_checkpoint(result.checkpoints, "for this prompt"), result.adapters, result.negatives
         if checkpoint is None:
-            checkpoint = _best(retriever.checkpoints(retriever.query_vector(prompt), 1, LOADABLE, words=prompt),
+            checkpoint = best_checkpoint(retriever.checkpoints(retriever.query_vector(prompt), 1, LOADABLE, words=prompt),
                                "for this prompt")
             hits = []
         else:
@@ -223,7 +192,7 @@ class Studio:
         return checkpoint, hits, retriever.search_engine.negatives(checkpoint)
 
     @staticmethod
-    def _negative_prompt(negative_prompt: str, choice: _Choice, notes: list[str]) -> str:
+    def _negative_prompt(negative_prompt: str, choice: Choice, notes: list[str]) -> str:
         """The user's negative prompt; when there is none, the suggested negative embeddings, called by their file
         stems as A1111 calls them (they are then fetched and loaded like any embedding the negative prompt names)."""
         if negative_prompt.strip() or not choice.negatives:
@@ -260,17 +229,17 @@ class Studio:
 
     # ---- files ------------------------------------------------------------------------------------------------------
 
-    def _prepare(self, choice: _Choice, negative_prompt: str, notes: list[str],
-                 on_download: DownloadListener | None = None) -> _Files:
+    def _prepare(self, choice: Choice, negative_prompt: str, notes: list[str],
+                 on_download: DownloadListener | None = None) -> Files:
         """The chosen versions' verified local files, and the textual inversions the negative prompt names;
         `on_download` hears of every file downloaded (name, bytes done, total)."""
         checkpoint = self.files.path(choice.checkpoint, on_download)
         loras = [LoraUse(item.lora_name, self.files.path(item.adapter, on_download),
                          (item.adapter.sha256 or "").lower(), item.weight) for item in choice.composition.adapters]
         embeddings, embedding_hits = self._embeddings(choice.checkpoint, negative_prompt, notes, on_download)
-        return _Files(checkpoint, loras, embeddings, embedding_hits)
+        return Files(checkpoint, loras, embeddings, embedding_hits)
 
-    def _current_files(self, choice: _Choice) -> _Choice:
+    def _current_files(self, choice: Choice) -> Choice:
         """The choice with each version's primary file as the catalogue has it now: hits come from the search
         index's generation, and a download must verify against the catalogue's current hash."""
         chosen = [choice.checkpoint, *(item.adapter for item in choice.composition.adapters)]
@@ -329,7 +298,7 @@ class Studio:
                               checkpoint_sha256=choice.checkpoint.sha256.lower(), loras=files.loras,
                               embeddings=files.embeddings, prompt=choice.composition.prompt,
                               negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, width=width,
-                              height=height, scheduler=scheduler, model_name=_model_name(choice.checkpoint))
+                              height=height, scheduler=scheduler, model_name=model_name(choice.checkpoint))
         return result, sidecar({"kind": "generate", "prompt": prompt}, choice.checkpoint, choice.composition,
                                files.embedding_hits, choice.retrieval, negative_prompt, notes)
 
@@ -358,14 +327,14 @@ class Studio:
                              checkpoint_path=files.checkpoint, checkpoint_sha256=choice.checkpoint.sha256.lower(),
                              loras=files.loras, embeddings=files.embeddings, prompt=choice.composition.prompt,
                              negative_prompt=negative_prompt, steps=steps, cfg=cfg, seed=seed, scheduler=scheduler,
-                             strength=strength, max_side=self.max_side, model_name=_model_name(choice.checkpoint))
+                             strength=strength, max_side=self.max_side, model_name=model_name(choice.checkpoint))
         head = {"kind": "edit", "instruction": instruction, "parsed": {**parsed.as_dict(), "source": parsed.source},
                 "mode": region.mode, "mask": region.info}
         outcome.result.mask = outcome.mask  # type: ignore[attr-defined]  # bool HxW or None (img2img)
         return outcome.result, sidecar(head, choice.checkpoint, choice.composition, files.embedding_hits,
                                        choice.retrieval, negative_prompt, notes)
 
-    def _edit_choice(self, parsed, prompt: str, rgb, reference, top_k: int, notes: list[str]) -> _Choice:
+    def _edit_choice(self, parsed, prompt: str, rgb, reference, top_k: int, notes: list[str]) -> Choice:
         """The edit's checkpoint and adapters: the style search by image (or text), object adapters by text."""
         from serving.studio.masker import to_rgb
 
@@ -378,20 +347,20 @@ class Studio:
             source = None
         if source is None:  # one search by text: the checkpoint, and the adapters serve style and objects alike
             style = retriever.search(prompt, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
-            checkpoint = _best(style.checkpoints, "to edit with")
+            checkpoint = best_checkpoint(style.checkpoints, "to edit with")
             retrieval = {"style": "text", "objects": "text"}
-            return _Choice(checkpoint, self._compose(prompt, style.adapters, notes), retrieval, style.negatives)
+            return Choice(checkpoint, self._compose(prompt, style.adapters, notes), retrieval, style.negatives)
         style = retriever.search(None, source, top_k=top_k, top_checkpoints=1, filters=LOADABLE)
-        checkpoint = _best(style.checkpoints, "to edit with")
+        checkpoint = best_checkpoint(style.checkpoints, "to edit with")
         style_hit = next((hit for hit in style.adapters if hit.kind == "style"), None)  # the image's style LoRA
         objects = retriever.adapters(retriever.query_vector(prompt), checkpoint, top_k, words=prompt)
         hits = [style_hit] if style_hit is not None else []
         hits += [hit for hit in objects if style_hit is None or hit.version_id != style_hit.version_id]
         keywords = {style_hit.version_id: (IMAGE_STYLE_KEYWORD,)} if style_hit is not None else {}
         retrieval = {"style": "image" if keeps_style else "reference image", "objects": "text"}
-        return _Choice(checkpoint, self._compose(prompt, hits, notes, keywords=keywords), retrieval, style.negatives)
+        return Choice(checkpoint, self._compose(prompt, hits, notes, keywords=keywords), retrieval, style.negatives)
 
-    def _edit_region(self, parsed, rgb, reference, notes: list[str]) -> _Region:
+    def _edit_region(self, parsed, rgb, reference, notes: list[str]) -> Region:
         """Types 0 and 2 inpaint the subject's mask, 1 the placement for the addition; 3 runs img2img over the
         image, 4 from the reference (the input when none is given) at the input's size."""
         from serving.studio.masker import to_rgb
@@ -403,25 +372,14 @@ class Studio:
                       else masker.mask_for_subject(rgb, parsed.subject))
             info = {"source": region.source, "bbox": list(region.bbox), "score": region.score,
                     "pixels": int(region.mask.sum())}
-            return _Region("inpaint", rgb, region.mask, info)
+            return Region("inpaint", rgb, region.mask, info)
         if kind == 3:
-            return _Region("img2img", rgb)
+            return Region("img2img", rgb)
         if reference is None:
             notes.append("no reference image given: the style transfer starts from the input image")
-            return _Region("img2img", rgb)
+            return Region("img2img", rgb)
         init = to_rgb(reference)
-        return _Region("img2img", init.resize(rgb.size) if init.size != rgb.size else init)
-
-
-def _best(checkpoints: list[Hit], purpose: str) -> Hit:
-    if not checkpoints:
-        raise StudioError(NO_CHECKPOINT.format(purpose))
-    return checkpoints[0]
-
-
-def _model_name(hit: Hit) -> str:
-    """The checkpoint's name in the PNG parameters: its file's stem, as A1111 writes it."""
-    return Path(hit.file_name).stem if hit.file_name else hit.name
+        return Region("img2img", init.resize(rgb.size) if init.size != rgb.size else init)
 
 
 # ---- one studio per process (the CLI; tests install their own) -------------------------------------------------
