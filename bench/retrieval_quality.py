@@ -14,24 +14,35 @@ Ground truth per query: the served LoRA/LoCon versions the image used (adapters)
 it names (checkpoints, when one resolves); "content" is the adapter truth without the 20 most-used adapters (detail
 tweakers, noise offsets: used everywhere, unrelated to the prompt). Systems, each giving top-10 adapters and
 top-10 checkpoints:
-  zoo                 Retriever.search with the default Weights
-  zoo semantic        the same with popularity and co-usage weights 0 (what the evidence adds)
+  zoo                 what `zoo search` answers: the in-memory SearchEngine (serving/search/engine.py) with the
+                      learned ranker and the product's query encoder, over an index built from the tables while the
+                      queries' images are held out (build_search_index, in memory: the stored generation still
+                      holds their co-usage links)
+  zoo hand weights    the same engine scoring with the Retriever's default hand-set Weights
+  zoo semantic        hand weights with popularity, co-usage and lexical weights 0 (what the evidence adds)
   bm25                rank_bm25.BM25Okapi over the text the vectors encode (embedding_text), adapters and
                       checkpoints apart
   popularity          the most downloaded served versions (global: a per-family list would leak the answer's family)
-  oracle level 1      level 2 given the image's real checkpoint (how much a wrong level 1 costs level 2)
+  oracle level 1      the engine's level 2 given the image's real checkpoint (how much a wrong level 1 costs level 2)
 and a grid over Weights(checkpoint_popularity, checkpoint_lexical, adapter_popularity, co_usage, adapter_lexical)
-tuned on the DEV half of the queries (offline re-scoring of the SQL's own candidate pools, checked against
-Retriever.search) and reported on the TEST half with the real Retriever.
+tuned on the DEV half of the queries (the engine itself with per-call Weights; each query encoded once, level 1 run
+once per level-1 setting, level 2 once per chosen checkpoint and level-2 setting) and reported on the TEST half.
 
-Engine vs SQL (issue 10): the in-memory SearchEngine (serving/search/engine.py) over an index built from the tables
-while the queries' images are held out (build_search_index, in memory: the stored generation still holds their
-links) answers the same queries with the same query vectors; a table gives, per system (default weights, semantic
-only, oracle level 1, and level 2 given the SQL's first checkpoint), the top-10 overlap of checkpoints and adapters
-and recall@10 / MRR of each path (JSON: engine_vs_sql). Every query is encoded once, by the product's query encoder.
+The learned ranker (issue 15): trained inside the benchmark on the held-out catalogue's own example images
+(serving/search/training.py), with every sampled query image (dev and test) on its hold-out list, so no query image,
+nor any image sharing its prompt, reaches the training data; "zoo" is the engine scoring with it, as `zoo search`
+does once retrieval_ranker has run. Ablations retrain it with one signal's columns zeroed (votes, BM25, co-usage) and
+compare hand weights with it. `--rerank N` reranks the learned zoo's top-20 adapters with the LLM on N test queries.
+
+Structure: every system answers every query in one place (`collect`, in `evaluate`): a system is an answer function
+(query -> Answer: top-10 ids and the Hits behind them) built from `two_level`, `oracle_level1`, `reranked`,
+`fixed` over `EngineLevels` (any SearchEngine: other weights, pool sizes, index or ranker); a table reads the
+resulting Runs (`Run.system` scores them, `agreement` compares two). A feature ablation is one more (key, answer)
+line; a table of what a person sees reads `Answer.adapter_hits` (type, kind, model) of the runs it compares.
 
     python bench/retrieval_quality.py ../shared/civitai/models-2023-07-04.jsonl.gz [--queries 500] [--seed 0]
         [--write-queries queries.jsonl] [--workdir DIR (keep the zoo; reuse it next time)] [--database-url URL]
+        [--no-grid] [--rerank N]
 
 Prints its tables and ends with one JSON line of headline figures.
 """
@@ -39,10 +50,8 @@ Prints its tables and ends with one JSON line of headline figures.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
-import math
 import os
 import random
 import re
@@ -51,8 +60,9 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -286,7 +296,7 @@ def build_queries(engine: Engine, catalogue: dict, n: int, seed: int) -> tuple[l
             continue
         raw_key = frozenset(tokens(strip_prompt_syntax(row["prompt"])))
 
-        def embedded_with(version: int) -> bool:
+        def embedded_with(version: int, raw_key: frozenset = raw_key) -> bool:
             return any(jaccard(raw_key, example) >= LEAK
                        for example in catalogue["embedded_prompts"].get(version, ()))
 
@@ -339,10 +349,13 @@ def build_queries(engine: Engine, catalogue: dict, n: int, seed: int) -> tuple[l
 
 
 class HeldOut:
-    """Remove the query images' references while the benchmark runs, rebuild the links, and put both back after."""
+    """Remove the query images' references while the benchmark runs, rebuild the links, and put both back after.
+    Holds the catalogue lock (db/locks.py) meanwhile: a refresh, or a second run of this benchmark, waits instead
+    of reading or rebuilding the links with another hold-out in them."""
 
     def __init__(self, engine: Engine, image_ids: list[int]) -> None:
         self.engine, self.image_ids = engine, image_ids
+        self._lock = None
 
     def _rebuild(self) -> int:
         from crawlers.taxonomy import ADAPTER_TYPES, CHECKPOINT_TYPES
@@ -350,25 +363,41 @@ class HeldOut:
 
         return rebuild_links(self.engine, ADAPTER_TYPES, CHECKPOINT_TYPES, force=True).links
 
-    def __enter__(self) -> HeldOut:
-        with self.engine.begin() as conn:
-            # A run that died while holding out left its rows in the side table: put them back before anything.
-            conn.execute(text("DO $$ BEGIN IF to_regclass('bench_held_out_image_resources') IS NOT NULL THEN "
-                              "INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
-                              "ON CONFLICT DO NOTHING; DROP TABLE bench_held_out_image_resources; END IF; END $$"))
-            conn.execute(text("CREATE TABLE bench_held_out_image_resources AS "
-                              "SELECT * FROM image_resources WHERE image_id = ANY(:ids)"), {"ids": self.image_ids})
-            self.rows = conn.execute(text("DELETE FROM image_resources WHERE image_id = ANY(:ids)"),
-                                     {"ids": self.image_ids}).rowcount
-        self.links = self._rebuild()
+    def __enter__(self) -> Self:
+        from db.locks import CATALOGUE, advisory_lock
+
+        self._lock = advisory_lock(self.engine, CATALOGUE, holder=f"bench/retrieval_quality.py pid {os.getpid()}")
+        self._lock.__enter__()
+        try:
+            with self.engine.begin() as conn:
+                # Only a run that died while holding out (its lock went with it) leaves rows in the side table:
+                # put them back before anything.
+                conn.execute(text("DO $$ BEGIN IF to_regclass('bench_held_out_image_resources') IS NOT NULL THEN "
+                                  "INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
+                                  "ON CONFLICT DO NOTHING; DROP TABLE bench_held_out_image_resources; END IF; END $$"))
+                conn.execute(text("CREATE TABLE bench_held_out_image_resources AS "
+                                  "SELECT * FROM image_resources WHERE image_id = ANY(:ids)"), {"ids": self.image_ids})
+                self.rows = conn.execute(text("DELETE FROM image_resources WHERE image_id = ANY(:ids)"),
+                                         {"ids": self.image_ids}).rowcount
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        try:
+            self.links = self._rebuild()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(text("INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
-                              "ON CONFLICT DO NOTHING"))
-            conn.execute(text("DROP TABLE bench_held_out_image_resources"))
-        self._rebuild()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
+                                  "ON CONFLICT DO NOTHING"))
+                conn.execute(text("DROP TABLE bench_held_out_image_resources"))
+            self._rebuild()
+        finally:
+            self._lock.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,30 +468,6 @@ class EngineLevels:
         return self.engine.adapters(vector, checkpoint, top_k, words=words, weights=weights)
 
 
-class SqlLevels:
-    """The old SQL path's two levels (serving/search/retrieval.py's Retriever, as this benchmark used it): its
-    weights live on the retriever, so each weight setting gets a shallow clone carrying them."""
-
-    def __init__(self, retriever) -> None:
-        self.retriever, self._clones = retriever, {}
-
-    def _with(self, weights):
-        from serving.search.retrieval import Weights as SqlWeights
-
-        key = tuple(sorted(asdict(weights).items()))
-        if key not in self._clones:
-            clone = copy.copy(self.retriever)
-            clone.weights = SqlWeights(**asdict(weights))
-            self._clones[key] = clone
-        return self._clones[key]
-
-    def checkpoints(self, vector: np.ndarray, words: str, weights, top_k: int = TOP) -> list:
-        return self._with(weights).checkpoints(vector, top_k, words=words)
-
-    def adapters(self, vector: np.ndarray, checkpoint, words: str, weights, top_k: int = TOP) -> list:
-        return self._with(weights).adapters(vector, checkpoint, top_k, words=words)
-
-
 def two_level(levels, vectors: dict[str, np.ndarray], weights) -> AnswerFn:
     """What `zoo search` answers: top-10 checkpoints, then top-10 adapters for the first of them."""
     def answer(q: Query) -> Answer:
@@ -489,17 +494,6 @@ def oracle_level1(levels, vectors: dict[str, np.ndarray], weights, families: dic
         truth = min(q.checkpoints)
         return from_hits(levels.adapters(vectors[q.qid], checkpoint_hit(truth, families[truth]), q.query, weights),
                          None)
-    return answer
-
-
-def level2_given(levels, vectors: dict[str, np.ndarray], weights, given: Run) -> AnswerFn:
-    """Level 2 for the first checkpoint another run chose (the same level-1 answer: level 2 compared alone)."""
-    def answer(q: Query) -> Answer | None:
-        found = given.answers.get(q.qid)
-        if found is None or found.checkpoint_hits is None:
-            return None
-        first = found.checkpoint_hits[0] if found.checkpoint_hits else None
-        return from_hits(levels.adapters(vectors[q.qid], first, q.query, weights), found.checkpoint_hits)
     return answer
 
 
@@ -565,111 +559,7 @@ def popularity_lists(catalogue: dict) -> tuple[list[int], list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Weight grid: the SQL's candidate pools fetched once per query, re-scored offline exactly as the SQL scores them
-
-
-def popularity(downloads: int) -> float:
-    return min(1.0, math.log(1 + downloads) / math.log(1_000_000.0))
-
-
-def with_weights(retriever, **weights):
-    from serving.search.retrieval import Weights
-
-    clone = copy.copy(retriever)
-    clone.weights = Weights(**{**asdict(retriever.weights), **weights})
-    return clone
-
-
-class Pools:
-    """One query's candidate pools exactly as the SQL walks them, with evidence weights 0 so that every pool row
-    comes back: level 1's, and level 2's for each family a chosen checkpoint can have (fetched when first asked).
-    Each row's features (similarity, popularity, relative BM25) do not depend on the weights."""
-
-    def __init__(self, zero, query: Query, vector: np.ndarray) -> None:
-        self.zero, self.query = zero, query
-        self.vector = vector
-        whole = zero.candidate_pool + zero.popular_candidates + zero.lexical_candidates
-        hits = zero.checkpoints(self.vector, whole, words=query.query)
-        self.checkpoint_ids = np.array([h.version_id for h in hits], dtype=np.int64)
-        self.checkpoint_similarity = np.array([h.similarity for h in hits])
-        self.checkpoint_popularity = np.array([popularity(h.downloads) for h in hits])
-        self.checkpoint_lexical = np.array([h.lexical for h in hits])
-        self.checkpoint_family = [h.base_model_family for h in hits]
-        self._adapters: dict[tuple[int, str | None], tuple] = {}
-
-    def adapters(self, checkpoint: int, family: str | None) -> tuple[np.ndarray, ...]:
-        """(ids, similarity, popularity, lexical) of the level-2 pool this chosen checkpoint gets (its family's
-        walk, the family's popular adapters, the adapters most used with it and those holding the query's words)."""
-        key = (checkpoint, family)
-        if key not in self._adapters:
-            zero = self.zero
-            chosen = checkpoint_hit(checkpoint, family) if family is not None else None
-            sql, params = zero.adapter_query(self.vector, chosen, TOP, words=self.query.query)
-            params["k"] = (params["pool"] + zero.popular_candidates + zero.co_used_candidates
-                           + zero.lexical_candidates)  # every pool row
-            with zero._session() as conn:
-                rows = zero._run(conn, sql, params, max(zero.ef_search, params["pool"]))
-            self._adapters[key] = (np.array([r["version_id"] for r in rows], dtype=np.int64),
-                                   np.array([float(r["similarity"]) for r in rows]),
-                                   np.array([popularity(int(r["downloads"])) for r in rows]),
-                                   np.array([float(r["lexical"]) for r in rows]))
-        return self._adapters[key]
-
-
-def fetch_pools(retriever, queries: list[Query], vectors: dict[str, np.ndarray]) -> list[Pools]:
-    return [Pools(with_weights(retriever, **NO_EVIDENCE), q, vectors[q.qid]) for q in queries]
-
-
-def load_co_usage(engine: Engine) -> dict[int, dict[int, float]]:
-    """checkpoint version -> {adapter version: the co-usage feature the SQL computes}."""
-    links: dict[int, dict[int, float]] = defaultdict(dict)
-    with engine.connect() as conn:
-        for adapter, checkpoint, count in conn.execute(text(
-                "SELECT adapter_version_id, checkpoint_version_id, image_count FROM adapter_checkpoint_links")):
-            links[checkpoint][adapter] = min(1.0, math.log(1 + count) / math.log(50.0))
-    return links
-
-
-def rank_checkpoints(pools: Pools, links: dict, checkpoint_popularity: float,
-                     checkpoint_lexical: float) -> tuple[list[int], tuple]:
-    """Level 1 re-scored, and what level 2 needs from it: the adapters of the chosen checkpoint's family (ids,
-    similarity, popularity, lexical, co-usage feature with the chosen checkpoint)."""
-    ck_score = (pools.checkpoint_similarity + checkpoint_popularity * pools.checkpoint_popularity
-                + checkpoint_lexical * pools.checkpoint_lexical)
-    ck_order = top_k(pools.checkpoint_ids, ck_score)
-    checkpoints = [int(pools.checkpoint_ids[i]) for i in ck_order]
-    if len(ck_order):
-        top = int(ck_order[0])
-        chosen, family = int(pools.checkpoint_ids[top]), pools.checkpoint_family[top]
-    else:
-        chosen, family = -1, None
-    ids, similarity, popularity_, lexical = pools.adapters(chosen, family)
-    co = links.get(chosen, {})
-    co_feature = np.array([co.get(int(v), 0.0) for v in ids])
-    return checkpoints, (ids, similarity, popularity_, lexical, co_feature)
-
-
-def rank_adapters(level2: tuple, adapter_popularity: float, co_usage: float, adapter_lexical: float) -> list[int]:
-    ids, similarity, popularity_, lexical, co_feature = level2
-    score = similarity + adapter_popularity * popularity_ + co_usage * co_feature + adapter_lexical * lexical
-    return [int(ids[i]) for i in top_k(ids, score)]
-
-
-def top_k(ids: np.ndarray, score: np.ndarray, k: int = TOP) -> np.ndarray:
-    """Positions of the k best, as the SQL orders them (score descending, version id ascending on ties)."""
-    if len(score) > k:
-        threshold = np.partition(score, len(score) - k)[len(score) - k]
-        candidates = np.flatnonzero(score >= threshold)
-    else:
-        candidates = np.arange(len(score))
-    return candidates[np.lexsort((ids[candidates], -score[candidates]))][:k]
-
-
-def rescore(pools: Pools, links: dict, checkpoint_popularity: float, checkpoint_lexical: float,
-            adapter_popularity: float, co_usage: float, adapter_lexical: float) -> tuple[list[int], list[int]]:
-    """Both levels as the SQL scores them: similarity + popularity + lexical (+ co-usage with the top checkpoint)."""
-    checkpoints, level2 = rank_checkpoints(pools, links, checkpoint_popularity, checkpoint_lexical)
-    return rank_adapters(level2, adapter_popularity, co_usage, adapter_lexical), checkpoints
+# Weight grid: the engine itself, with per-call Weights, over query vectors encoded once
 
 
 LEVEL1 = ("checkpoint_popularity", "checkpoint_lexical")
@@ -682,22 +572,74 @@ GRID = {
     "adapter_lexical": (0.0, 0.25, 0.5, 1.0, 2.0),
 }
 NO_EVIDENCE = {name: 0.0 for name in GRID}  # similarity alone
+WHOLE_POOL = 1_000_000  # top_k that returns a level's whole candidate pool
 
 
-def grid_search(queries: list[Query], level1) -> tuple[dict, dict, list]:
-    """Weights tuned on these (dev) queries, level by level: level 1's weights for checkpoint MRR (ties go to the
-    best adapter objective they allow), then level 2's for the adapter objective given them: the mean of adapter
+class WeightGrid:
+    """Both levels of the engine (`levels`) for any grid point, on a fixed set of queries. Level 1 is run once per
+    level-1 setting; level 2 once per (query, chosen checkpoint, level-2 setting): it reads only the chosen
+    checkpoint and level 2's weights, so level-1 settings that choose the same checkpoint share its answer."""
+
+    def __init__(self, levels, queries: list[Query], vectors: dict[str, np.ndarray], base) -> None:
+        self.levels, self.queries, self.vectors, self.base = levels, queries, vectors, base
+        self._level1: dict[tuple, dict[str, list]] = {}
+        self._level2: dict[tuple, list[int]] = {}
+        self.level1_calls = self.level2_calls = 0
+
+    def weights(self, first: tuple, second: tuple):
+        return replace(self.base, **dict(zip(LEVEL1 + LEVEL2, first + second, strict=True)))
+
+    def checkpoints(self, first: tuple) -> dict[str, list]:
+        """Level 1's hits per query under level-1 weights `first`."""
+        if first not in self._level1:
+            weights = self.weights(first, tuple(getattr(self.base, name) for name in LEVEL2))
+            self._level1 = {first: {q.qid: self.levels.checkpoints(self.vectors[q.qid], q.query, weights)
+                                    for q in self.queries}}  # one level-1 setting held at a time
+            self.level1_calls += len(self.queries)
+        return self._level1[first]
+
+    def answers(self, first: tuple, second: tuple) -> dict[str, Answer]:
+        """Both levels' top-10 ids per query at this grid point."""
+        weights, found = self.weights(first, second), {}
+        for q, hits in zip(self.queries, self.checkpoints(first).values(), strict=True):
+            chosen = hits[0] if hits else None
+            key = (q.qid, chosen.version_id if chosen else None, second)
+            if key not in self._level2:
+                self._level2[key] = [h.version_id for h in self.levels.adapters(self.vectors[q.qid], chosen, q.query,
+                                                                                 weights)]
+                self.level2_calls += 1
+            found[q.qid] = Answer(self._level2[key], [h.version_id for h in hits])
+        return found
+
+    def pool_coverage(self, first: tuple) -> dict[str, float]:
+        """How often the candidate pools hold an answer: level 1's, and level 2's for the checkpoint level 1 chose
+        under `first` (the engine with every evidence weight 0 and top_k the whole pool)."""
+        zero = replace(self.base, **NO_EVIDENCE)
+        level1, level2 = [], []
+        for q, hits in zip(self.queries, self.checkpoints(first).values(), strict=True):
+            vector = self.vectors[q.qid]
+            if q.checkpoints:
+                pool = self.levels.checkpoints(vector, q.query, zero, WHOLE_POOL)
+                level1.append(bool(q.checkpoints & {h.version_id for h in pool}))
+            pool = self.levels.adapters(vector, hits[0] if hits else None, q.query, zero, WHOLE_POOL)
+            level2.append(bool(q.adapters & {h.version_id for h in pool}))
+        return {"level-2 pool holds an answer": float(np.mean(level2 or [0.0])),
+                "level-1 pool holds the answer": float(np.mean(level1 or [0.0]))}
+
+
+def grid_search(grid: WeightGrid) -> tuple[dict, dict, list]:
+    """Weights tuned on the grid's (dev) queries, level by level: level 1's weights for checkpoint MRR (ties go to
+    the best adapter objective they allow), then level 2's for the adapter objective given them: the mean of adapter
     MRR and content MRR, so that weights which only promote the detail tweakers every image uses (high adapter MRR,
-    no content found) do not win. level1(query index, level-1 weights) gives (top checkpoints, level-2 inputs) as
-    rank_checkpoints does. Returns the weights, their dev summary, and every (weights, summary) tried."""
+    no content found) do not win. Returns the weights, their dev summary, and every (weights, summary) tried."""
     results = []
     for first in itertools.product(*(GRID[name] for name in LEVEL1)):
-        ranked = [level1(index, *first) for index in range(len(queries))]
         for second in itertools.product(*(GRID[name] for name in LEVEL2)):
+            answers = grid.answers(first, second)
             system = System("grid")
-            for query, (checkpoints, level2) in zip(queries, ranked, strict=True):
-                system.add(query, rank_adapters(level2, *second), checkpoints)
-            results.append((dict(zip(LEVEL1 + LEVEL2, first + second)), system.summary()))
+            for q in grid.queries:
+                system.add(q, answers[q.qid].adapters, answers[q.qid].checkpoints)
+            results.append((dict(zip(LEVEL1 + LEVEL2, first + second, strict=True)), system.summary()))
 
     def level1_weights(weights: dict) -> tuple:
         return tuple(weights[name] for name in LEVEL1)
@@ -836,24 +778,117 @@ def print_comparison(title: str, rows: list[tuple[str, str, Run, Run]], queries:
     return found
 
 
+# Learned-ranker ablations: name -> the features whose columns are zeroed in training and ranking ("" = none).
+ABLATIONS = {"": (), "no votes": ("votes", "vote_rank"), "no BM25": ("lexical", "bm25"), "no co-usage": ("co_usage",)}
+
+
+def training_data(engine: Engine, hand_engine, retriever, held_out: list[int]) -> dict:
+    """Both levels' training rows from the held-out catalogue's example images, the query images held out."""
+    from serving.search.training import level_data, training_queries
+
+    with engine.connect() as conn:
+        found = training_queries(conn, hand_engine, hold_out=held_out)
+    dimension = hand_engine.index.vectors.shape[1]
+    for query, vector in zip(found, retriever.text_encoder.encode_text([q.text for q in found]), strict=True):
+        query.vector = np.zeros(dimension, dtype=np.float32)
+        query.vector[: len(vector)] = vector
+    return {"queries": len(found), "levels": level_data(hand_engine, found)}
+
+
+def learned_engine(hand_engine, training: dict, zeroed: tuple[str, ...]):
+    """(engine, validation metrics) of a ranker fitted without the `zeroed` features."""
+    from serving.search.engine import SearchEngine
+    from serving.search.ranker import LearnedRanker
+    from serving.search.scoring import FEATURES
+    from serving.search.training import fit_levels
+
+    columns = [FEATURES.index(name) for name in zeroed]
+
+    def without(matrix: np.ndarray) -> np.ndarray:
+        matrix = matrix.copy()
+        matrix[:, columns] = 0.0
+        return matrix
+
+    levels = {level: replace(found, features=[without(m) for m in found.features])
+              for level, found in training["levels"].items()}
+    fitted = fit_levels(hand_engine, levels)
+
+    class Zeroed(LearnedRanker):
+        def scores(self, level: str, features) -> np.ndarray:
+            if not len(features["similarity"]):
+                return np.zeros(0)
+            return np.asarray(self.boosters[level].predict(without(features.matrix()), num_threads=1))
+
+    ranker = Zeroed(fitted.boosters, metrics=fitted.metrics)
+    return SearchEngine(hand_engine.index, hand_engine.weights, hand_engine.pools, ranker), fitted.metrics
+
+
+def reranked(levels, vectors: dict[str, np.ndarray], reranker) -> AnswerFn:
+    """The two-level answer with the first 20 adapters reordered by the LLM reranker."""
+    from serving.search import rerank_hits
+
+    def answer(q: Query) -> Answer:
+        checkpoints = levels.checkpoints(vectors[q.qid], q.query, None)
+        adapters = levels.adapters(vectors[q.qid], checkpoints[0] if checkpoints else None, q.query, None, 20)
+        return from_hits(rerank_hits(q.query, adapters, reranker)[:TOP], checkpoints)
+    return answer
+
+
+def what_a_person_sees(run: Run, queries: list[Query]) -> dict:
+    """Issue 11's table: what the top-10 adapter lists hold beyond recall. Slots held by negative embeddings or
+    textual inversions, slots repeating a model already listed, the most frequent adapter's share of prompts,
+    enhancer slots, character slots on prompts that name none of the character's words, and the content levels
+    served; before the roles and one-per-model rules, the 2023-dump lists held 21% negative and 25% TI slots."""
+    from collections import Counter
+
+    slots = repeats = negatives = inversions = enhancers = uninvited = 0
+    per_prompt, levels, prompts = Counter(), Counter(), 0
+    for q in queries:
+        answer = run.answers.get(q.qid)
+        if answer is None or answer.adapter_hits is None:
+            continue
+        prompts += 1
+        seen, words = set(), set(tokens(q.query))
+        for hit in answer.adapter_hits:
+            slots += 1
+            repeats += hit.model_id in seen
+            seen.add(hit.model_id)
+            negatives += hit.role == "negative"
+            inversions += hit.type == "TextualInversion"
+            enhancers += hit.role == "enhancer"
+            levels[hit.content_level] += 1
+            named = set(tokens(hit.name)) | {t for w in hit.trigger_words for t in tokens(w)}
+            uninvited += hit.kind == "character" and not named & words
+        per_prompt.update({hit.version_id for hit in answer.adapter_hits})
+    top = per_prompt.most_common(1)
+    share = (lambda n: round(n / slots, 4) if slots else 0.0)
+    return {"prompts": prompts, "slots": slots, "negative_slots": share(negatives), "ti_slots": share(inversions),
+            "repeated_model_slots": repeats, "enhancer_slots": share(enhancers),
+            "uninvited_character_slots": uninvited,
+            "top_adapter_prompt_share": round(top[0][1] / prompts, 4) if top and prompts else 0.0,
+            "content_levels": dict(levels)}
+
+
 def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None:
     os.environ["DATABASE_URL"] = url
     from config import Settings
     from db.engine import get_engine
     from embedding.presets import ModelChoice, build_describer, build_query_encoders
-    from embedding.refresh import describer_key, space_dimension
+    from embedding.refresh import describer_key
     from embedding.search_index import build_search_index
+    from serving.search import open_reranker
     from serving.search.engine import SearchEngine
-    from serving.search.engine import Weights as EngineWeights
-    from serving.search.retrieval import Retriever as SqlRetriever
+    from serving.search.retriever import Retriever
+    from serving.search.scoring import Weights
 
     settings = Settings.from_env()
     choice = ModelChoice.from_settings(settings)
     describer = describer_key(build_describer(choice))
     text_encoder, image_encoder = build_query_encoders(choice)  # the product's query encoder (ONNX MiniLM)
     engine = get_engine(settings)  # a refreshed zoo: migrated by its refresh
-    retriever = SqlRetriever(engine, text_encoder, image_encoder, describer=describer.describer,
-                             prompt_version=describer.prompt_version, ef_search=settings.hnsw_ef_search)
+    # Encoders, weights and pool sizes as `zoo search` has them; its engine is built below from the held-out
+    # catalogue (retriever.search_engine, the stored generation, still holds the queries' co-usage).
+    retriever = Retriever(engine, text_encoder, image_encoder, describer=describer)
     started = time.perf_counter()
     catalogue = load_catalogue(engine, retriever.space, describer)
     queries, counts, held_out = build_queries(engine, catalogue, args.queries, args.seed)
@@ -872,9 +907,9 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
             "SELECT version_id, base_model_family FROM served_model_versions WHERE model_type = 'Checkpoint'")).all())
     dev = [q for q in queries if q.split == "dev"]
     test = [q for q in queries if q.split == "test"]
-    defaults = {k: getattr(retriever.weights, k) for k in GRID}
-    default_weights = retriever.weights
-    semantic_weights = EngineWeights(**{**asdict(default_weights), **NO_EVIDENCE})
+    default_weights = Weights()  # the hand weights (the Retriever has none set: it ranks with a stored ranker)
+    defaults = {k: getattr(default_weights, k) for k in GRID}
+    semantic_weights = replace(default_weights, **NO_EVIDENCE)
     encode_started = time.perf_counter()
     vectors = {q.qid: retriever.query_vector(q.query) for q in queries}  # each query encoded once, for every system
     encode_s = time.perf_counter() - encode_started
@@ -886,61 +921,69 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         print(f"held out {len(held_out)} images ({held.rows} references) from the co-usage links: {held.links} "
               f"links; {share:.0%} of the queries used one of the {GENERIC_ADAPTERS} most-used adapters, "
               f"{sum(bool(q.content) for q in queries)} used another")
-        # The in-memory engine over the catalogue as it is now (the held-out links), not the stored generation.
+        # The engine over the catalogue as it is now (the held-out links), built in memory as retrieval_index
+        # builds a generation.
         build_started = time.perf_counter()
         with engine.connect() as conn:
-            index = build_search_index(conn, retriever.space, space_dimension(text_encoder, image_encoder), describer)
-        search_engine = SearchEngine(index)
+            index = build_search_index(conn, retriever.space, retriever.dimension, describer)
+        hand_engine = SearchEngine(index, default_weights, retriever.pools)  # no stored ranker: it saw the queries
         build_s = time.perf_counter() - build_started
         print(f"engine: index of the held-out catalogue built in {build_s:.0f} s ({len(index)} versions, "
-              f"{len(index.arrays['link_adapter'])} links); queries encoded in {encode_s:.0f} s")
-        sql, mem = SqlLevels(retriever), EngineLevels(search_engine)
-        runs = {
-            "zoo": collect("zoo", queries, two_level(sql, vectors, default_weights)),
-            "semantic": collect("zoo semantic", queries, two_level(sql, vectors, semantic_weights)),
-            "oracle": collect("oracle", queries, oracle_level1(sql, vectors, default_weights, families)),
-            "engine": collect("engine", queries, two_level(mem, vectors, default_weights)),
-            "engine_semantic": collect("engine semantic", queries, two_level(mem, vectors, semantic_weights)),
-            "engine_oracle": collect("engine oracle", queries, oracle_level1(mem, vectors, default_weights, families)),
-        }
-        runs["engine_given_sql"] = collect("engine level 2 given the SQL's level 1", queries,
-                                           level2_given(mem, vectors, default_weights, runs["zoo"]))
+              f"{len(index.arrays['link_adapter'])} links, {len(index.arrays['prompt_length'])} example prompts); "
+              f"{len(queries)} queries encoded in {encode_s:.0f} s")
+        training_started = time.perf_counter()
+        training = training_data(engine, hand_engine, retriever, held_out)
+        learned = {name: learned_engine(hand_engine, training, columns) for name, columns in ABLATIONS.items()}
+        training_s = time.perf_counter() - training_started
+        zoo_engine = EngineLevels(learned[""][0])
+        print(f"learned ranker: {training['queries']} training queries (the {len(held_out)} query images held out), "
+              f"{len(ABLATIONS)} rankers fitted in {training_s:.0f} s; validation by creator: "
+              + "; ".join(f"{level} learned {m['learned']} vs hand {m['hand_weights']}"
+                          for level, m in learned[""][1].items() if isinstance(m, dict) and "learned" in m))
+        # Every system answers every query here, once (collect); the tables below only read these runs. A new
+        # system is one line: a key, and an answer function (q -> Answer) from the builders above.
         bm25_answer, bm25_diff = bm25_system(catalogue, queries)
-        runs["bm25"] = collect("bm25", queries, bm25_answer)
-        runs["popularity"] = collect("popularity", queries, fixed(*popularity_lists(catalogue)))
-        zoo, semantic, oracle = runs["zoo"].system(queries), runs["semantic"].system(queries), \
-            runs["oracle"].system(queries)
-        zoo_same = runs["zoo"].system([q for q in queries if q.checkpoints], "zoo on the oracle's queries",
-                                      checkpoints=False)
-        bm25, popular = runs["bm25"].system(queries), runs["popularity"].system(queries)
-        links = load_co_usage(engine)
+        hand = EngineLevels(hand_engine)
+        systems: list[tuple[str, AnswerFn]] = [
+            ("zoo", two_level(zoo_engine, vectors, None)),
+            ("hand", two_level(hand, vectors, default_weights)),
+            ("semantic", two_level(hand, vectors, semantic_weights)),
+            ("oracle", oracle_level1(zoo_engine, vectors, None, families)),
+            ("bm25", bm25_answer),
+            ("popularity", fixed(*popularity_lists(catalogue))),
+            *((f"learned {name}", two_level(EngineLevels(found[0]), vectors, None))
+              for name, found in learned.items() if name),
+        ]
+        runs = {key: collect(key, queries, answer) for key, answer in systems}
+        if args.rerank and test:
+            subset = test[: args.rerank]
+            runs["rerank"] = collect("rerank", subset, reranked(zoo_engine, vectors, open_reranker(settings)))
+            runs["rerank_base"] = collect("rerank_base", subset, two_level(zoo_engine, vectors, None))
         grid = None
         if not args.no_grid and dev and test:
-            pools = fetch_pools(retriever, dev, vectors)
-            level2 = [rank_checkpoints(pool, links, *(defaults[name] for name in LEVEL1))[1][0] for pool in pools]
-            coverage = {
-                "level-2 pool holds an answer": np.mean([bool(q.adapters & set(ids.tolist()))
-                                                         for q, ids in zip(dev, level2)]),
-                "level-1 pool holds the answer": np.mean(
-                    [bool(q.checkpoints & set(p.checkpoint_ids.tolist())) for q, p in zip(dev, pools)
-                     if q.checkpoints] or [0.0])}
-            check, agree = System("offline defaults"), 0
-            for pool in pools:
-                adapters, checkpoints = rescore(pool, links, **defaults)
-                check.add(pool.query, adapters, checkpoints)
-                real = runs["zoo"].answers[pool.query.qid]
-                agree += adapters == real.adapters and checkpoints == real.checkpoints
-            best, best_dev, ranking = grid_search(dev, lambda i, *first: rank_checkpoints(pools[i], links, *first))
-            default_test = runs["zoo"].system(test, "test default")
-            tuned_test = collect("test tuned", test, two_level(sql, vectors, EngineWeights(
-                **{**asdict(default_weights), **best}))).system(test)
-            grid = True
+            grid_started = time.perf_counter()
+            grid = WeightGrid(hand, dev, vectors, default_weights)
+            best, best_dev, ranking = grid_search(grid)
+            default_first = tuple(defaults[name] for name in LEVEL1)
+            at_default = grid.answers(default_first, tuple(defaults[name] for name in LEVEL2))
+            agree = sum(at_default[q.qid] == Answer(runs["hand"].answers[q.qid].adapters,
+                                                    runs["hand"].answers[q.qid].checkpoints) for q in dev)
+            coverage = grid.pool_coverage(default_first)
+            grid_s = time.perf_counter() - grid_started
+            runs["tuned"] = collect("tuned", test, two_level(hand, vectors, replace(default_weights, **best)))
     seconds = time.perf_counter() - started
 
+    def system(key: str, on: list[Query] = queries, **options) -> System:
+        return runs[key].system(on, **options)
+
+    zoo, hand_system, semantic, oracle, bm25, popular = (
+        system(key) for key in ("zoo", "hand", "semantic", "oracle", "bm25", "popularity"))
+    zoo_same = system("zoo", [q for q in queries if q.checkpoints], checkpoints=False)
     print_table(f"all {len(queries)} queries: adapter truth = the served LoRA/LoCon versions the image used; checkpoint "
                 f"truth = the checkpoint version it names ({zoo.checkpoints.n} queries); content = adapter truth "
                 f"without the {GENERIC_ADAPTERS} most-used adapters", [
-                    ("zoo (Retriever.search, default weights)", zoo.summary()),
+                    ("zoo (SearchEngine, learned ranker)", zoo.summary()),
+                    ("zoo, hand weights", hand_system.summary()),
                     ("zoo semantic only (evidence weights 0)", semantic.summary()),
                     ("bm25 (embedding_text)", bm25.summary()),
                     ("popularity (global downloads)", popular.summary()),
@@ -948,40 +991,68 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
     print(f"(on the oracle's {oracle.adapters.n} queries the zoo with its own level 1 has adapter hit@10 "
           f"{fmt(zoo_same.adapters.summary()['hit_at_10'])}, MRR {fmt(zoo_same.adapters.summary()['mrr'])})")
     print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e})")
-    engine_vs_sql = print_comparison(
-        f"engine vs SQL path: the same {len(queries)} queries, query vectors and held-out co-usage; ovl = top-10 "
-        f"overlap, 1st ck= share with the same first checkpoint, ad same = identical adapter lists (order too)", [
-            ("default weights", "default", runs["zoo"], runs["engine"]),
-            ("semantic only (evidence weights 0)", "semantic", runs["semantic"], runs["engine_semantic"]),
-            ("true checkpoint given (oracle level 1)", "oracle", runs["oracle"], runs["engine_oracle"]),
-            ("level 2 given the SQL's first checkpoint", "level2_given_sql_checkpoint", runs["zoo"],
-             runs["engine_given_sql"])], queries, ("sql", "engine"))
     output = {"bench": "retrieval_quality", "queries": len(queries), "seed": args.seed,
-              "zoo": headline(zoo), "zoo_semantic": headline(semantic), "bm25": headline(bm25),
+              "zoo": headline(zoo), "zoo_hand_weights": headline(hand_system), "zoo_semantic": headline(semantic),
+              "bm25": headline(bm25),
               "popularity": headline(popular), "oracle_checkpoint": headline(oracle),
               "zoo_on_oracle_queries": headline(zoo_same),
               "checkpoints": {"queries": zoo.checkpoints.n, "zoo": short(zoo.checkpoints.summary()),
+                              "zoo_hand_weights": short(hand_system.checkpoints.summary()),
                               "zoo_semantic": short(semantic.checkpoints.summary()),
                               "bm25": short(bm25.checkpoints.summary()),
                               "popularity": short(popular.checkpoints.summary())},
-              "default_weights": defaults, "engine_vs_sql": engine_vs_sql}
-    if grid:
+              "default_weights": defaults}
+    splits = [("test", test), ("dev", dev)] if test else [("all", queries)]
+    rows = [(f"{label}: {key}", system(key, on).summary()) for label, on in splits
+            for key in ("zoo", "hand", *(f"learned {name}" for name in ABLATIONS if name))]
+    print_table("what each signal is worth: the learned ranker retrained without it (columns zeroed), and hand "
+                "weights", rows)
+    output["ablations"] = {label: {key: headline(system(key, on)) | {"checkpoints": short(
+        system(key, on).checkpoints.summary())} for key in ("zoo", "hand", *(f"learned {n}" for n in ABLATIONS if n))}
+        for label, on in splits}
+    seen = {key: what_a_person_sees(runs[key], queries) for key in ("zoo", "hand")}
+    print("\nwhat a person sees in the top-10 adapters (shares of slots; before issue 11: 21% negative, 25% TI)")
+    for key, found in seen.items():
+        print(f"  {key:<6}" + ", ".join(f"{name} {value}" for name, value in found.items()))
+    output["what_a_person_sees"] = seen
+    output["hand_vs_learned"] = print_comparison(
+        "hand weights vs the learned ranker on the same queries", [
+            ("all queries", "all", runs["hand"], runs["zoo"])], queries, ("hand", "learned"))
+    output["learned_ranker"] = {"training_queries": training["queries"], "seconds": round(training_s, 1),
+                                "validation": learned[""][1]}
+    if "rerank" in runs:
+        subset = test[: args.rerank]
+        base, rerank = system("rerank_base", subset), system("rerank", subset)
+        print_table(f"LLM rerank of the learned zoo's top-20 adapters on {len(subset)} test queries", [
+            ("zoo (learned)", base.summary()), ("zoo + rerank", rerank.summary())])
+        output["rerank"] = {"queries": len(subset), "zoo": headline(base), "rerank": headline(rerank),
+                            "ms_per_query": round(runs["rerank"].ms_per_query(), 1)}
+    if grid is not None:
         print()
         print(f"weight grid {LEVEL1 + LEVEL2} tuned on the dev half ({len(dev)} queries; level 1's weights for "
               f"checkpoint MRR, then level 2's for the adapter objective), reported on the test half ({len(test)} "
               f"queries); default {tuple(defaults[name] for name in LEVEL1 + LEVEL2)}")
-        print(f"with the SQL's candidate pools: offline re-scoring reproduces Retriever.search's top-10 lists on "
-              f"{agree}/{len(pools)} dev queries; " + "; ".join(f"{k} {v:.1%}" for k, v in coverage.items()))
+        print(f"through the engine, per-call weights: {len(ranking)} settings, {grid.level1_calls} level-1 and "
+              f"{grid.level2_calls} level-2 calls in {grid_s:.0f} s; the grid's default point reproduces the zoo's "
+              f"top-10 lists on {agree}/{len(dev)} dev queries; "
+              + "; ".join(f"{k} {v:.1%}" for k, v in coverage.items()))
         for line in grid_lines(ranking):
             print("  " + line)
+        default_dev = System("dev default")
+        for q in dev:
+            default_dev.add(q, at_default[q.qid].adapters, at_default[q.qid].checkpoints)
+        default_test, tuned_test = system("zoo", test), system("tuned", test)
         print_table("dev/test", [
-            ("dev: default weights (offline, pool)", check.summary()),
-            (f"dev: best {tuple(best.values())} (offline, pool)", best_dev),
-            ("test: default weights (Retriever)", default_test.summary()),
-            (f"test: dev-tuned {tuple(best.values())} (Retriever)", tuned_test.summary())])
+            ("dev: default weights (grid)", default_dev.summary()),
+            (f"dev: best {tuple(best.values())} (grid)", best_dev),
+            ("test: default weights (SearchEngine)", default_test.summary()),
+            (f"test: dev-tuned {tuple(best.values())} (SearchEngine)", tuned_test.summary())])
         output.update({
             "best_weights": best, "pool_coverage": {k: round(float(v), 4) for k, v in coverage.items()},
-            "test": {"queries": len(test), "default": default_test.summary(), "tuned": tuned_test.summary()}})
+            "test": {"queries": len(test), "default": default_test.summary(), "tuned": tuned_test.summary()},
+            "grid": {"settings": len(ranking), "level1_calls": grid.level1_calls, "level2_calls": grid.level2_calls,
+                     "seconds": round(grid_s, 1)}})
+    output["ms_per_query"] = {key: round(run.ms_per_query(), 1) for key, run in runs.items()}
     output["seconds"] = round(seconds, 1)
     print(json.dumps(output))
 
@@ -999,6 +1070,8 @@ def main() -> None:
                         "temporary folder); a folder holding a zoo from an earlier run is evaluated without ingesting")
     parser.add_argument("--database-url", help="evaluate this already refreshed zoo instead of ingesting the dump")
     parser.add_argument("--no-grid", action="store_true", help="skip the dev/test weight grid")
+    parser.add_argument("--rerank", type=int, default=0, metavar="N",
+                        help="also rerank the learned zoo's top-20 adapters with the LLM on the first N test queries")
     args = parser.parse_args()
     # The lite preset: card-text describer, MiniLM text vectors, no image half (the refresh and the retriever agree).
     os.environ["ZOO_PRESET"] = "lite"
