@@ -147,7 +147,8 @@ def fit_levels(engine: SearchEngine, data: dict[str, LevelData], min_queries: in
     boosters, metrics = {}, {"features": list(FEATURES)}
     for level, found in data.items():
         if len(found.labels) < min_queries:
-            log.warning("level %s: %d training queries, too few to learn from", level, len(found.labels))
+            log.info("level %s: %d training queries, too few to learn from: the hand weights rank it", level,
+                     len(found.labels))
             continue
         valid = np.array([_stable(creator) % 100 < VALIDATION_SHARE * 100 for creator in found.creators])
         if valid.all() or not valid.any():  # too few creators to split by: every fifth query validates
