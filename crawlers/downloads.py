@@ -53,6 +53,7 @@ import requests
 import urllib3
 
 from crawlers.civitai_client import USER_AGENT
+from crawlers.url_guard import RefusedURL, UnresolvableHost, UrlGuard
 from crawlers.http_retry import (
     NameResolutionFailed,
     RetriesExhausted,
@@ -223,7 +224,9 @@ class ModelDownloader:
     def __init__(self, cache_dir: Path, *, base_url: str, api_key: str | None = None, timeout: float = 60,
                  max_retries: int = 5, backoff_base: float = 1.0, chunk_size: int = 1 << 20,
                  sleep: Callable[[float], None] = time.sleep, backoff_cap: float = 60.0,
-                 max_bytes: int | None = None, token_in_query: bool = False, max_redirects: int = 5) -> None:
+                 max_bytes: int | None = None, token_in_query: bool = False, max_redirects: int = 5,
+                 allow_hosts: tuple[str, ...] = ()) -> None:
+        """`allow_hosts` (Settings.fetch_allow_hosts): the non-public hosts a redirect away from Civitai may lead to."""
         self.cache_dir = Path(cache_dir)
         self.base_url = base_url.rstrip("/")
         if urlsplit(self.base_url).scheme not in ("http", "https"):
@@ -239,6 +242,7 @@ class ModelDownloader:
         self._policy = RetryPolicy(max_attempts=max_retries + 1, backoff_base=backoff_base, backoff_cap=backoff_cap,
                                    sleep=sleep)
         self._origin = _origin(self.base_url)
+        self._guard = UrlGuard(allow_hosts)
         self._thread_locks: dict[str, threading.Lock] = {}
         self._thread_locks_guard = threading.Lock()
         # urllib3 logs each request line at DEBUG, query included: scrub `token=` and the storage signatures.
@@ -427,6 +431,8 @@ class ModelDownloader:
                     if urlsplit(url).scheme not in ("http", "https"):
                         raise DownloadError(f"model version {version_id}: redirect to a non-http URL",
                                             version_id=version_id, status=status)
+                    if _origin(url) != self._origin:
+                        self._refuse_unsafe_hop(url, version_id, status)
                     log.debug("model version %d: HTTP %d redirect to %s", version_id, status, urlsplit(url).hostname)
                     continue
                 if status in (200, 206):
@@ -436,6 +442,16 @@ class ModelDownloader:
                 self._raise_for_status(response, to_civitai, version_id)
         raise DownloadError(f"model version {version_id}: more than {self.max_redirects} redirects",
                             version_id=version_id)
+
+    def _refuse_unsafe_hop(self, url: str, version_id: int, status: int) -> None:
+        """A redirect away from the configured Civitai site must lead to a public address (or an allowed host), as
+        an example image's must: Civitai data cannot point the downloader at loopback, the LAN or cloud metadata.
+        The name is resolved here and again by the request (no pinned connection, unlike the image fetcher)."""
+        try:
+            self._guard.check(url)
+        except (RefusedURL, UnresolvableHost) as error:
+            raise DownloadError(f"model version {version_id}: HTTP {status} redirect {error}",
+                                version_id=version_id, status=status) from None
 
     def _endpoint_url(self, version_id: int) -> str:
         url = f"{self.base_url}/api/download/models/{version_id}"
@@ -633,6 +649,7 @@ def from_settings(settings: Any, **overrides: Any) -> ModelDownloader:
         "api_key": settings.civitai_api_key,
         "timeout": max(60.0, float(settings.civitai_timeout_seconds)),
         "max_retries": int(settings.civitai_max_retries),
+        "allow_hosts": tuple(settings.fetch_allow_hosts),
     }
     options.update(overrides)
     return ModelDownloader(Path(settings.zoo_home) / "files", **options)

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 API_KEY = "zoo-test-SECRET-key-6f1c9a2b"
 SIZE = 10_000
 
+STORAGE_HOST = "127.0.0.1"  # the fake storage host: loopback, so the downloaders here allow it by name
+
 
 def _blob(seed: int, size: int = SIZE) -> bytes:
     return b"".join(hashlib.sha256(f"{seed}:{counter}".encode()).digest() for counter in range(-(-size // 32)))[:size]
@@ -235,7 +237,7 @@ def sleeps() -> Sleeps:
 
 def _downloader(site: Site, cache: Path, sleeps: Sleeps, **kw) -> ModelDownloader:
     options = {"base_url": site.civitai_url, "timeout": 10, "max_retries": 3, "backoff_base": 0.5,
-               "chunk_size": 1024, "sleep": sleeps}
+               "chunk_size": 1024, "sleep": sleeps, "allow_hosts": (STORAGE_HOST,)}
     options.update(kw)
     return ModelDownloader(cache, **options)
 
@@ -559,7 +561,7 @@ import sys, time
 from pathlib import Path
 from crawlers.downloads import ModelDownloader
 cache, base, sha, me, other = sys.argv[1:6]
-d = ModelDownloader(Path(cache), base_url=base, timeout=10)
+d = ModelDownloader(Path(cache), base_url=base, timeout=10, allow_hosts=("127.0.0.1",))
 before = d.cached_path(sha)
 Path(cache, me).touch()
 deadline = time.time() + 10
@@ -662,4 +664,15 @@ def test_a_body_longer_than_the_catalogue_says_is_cut_off_as_it_streams(site, tm
         _downloader(site, tmp_path, sleeps, chunk_size=64 * 1024).fetch(
             604, spec.sha256, expected_bytes=1024 * 1024, progress=lambda done, total: sizes.append(done))
     assert sizes and max(sizes) <= 1024 * 1024 * 1.05 + 1024 * 1024  # nothing past the cap was kept
+    assert _cache_files(tmp_path) == []
+
+
+def test_a_redirect_away_from_civitai_to_a_private_address_is_refused(site, tmp_path, sleeps):
+    """Without an allow list, the storage host the endpoint redirects to (loopback here) is refused before any
+    request reaches it: Civitai data cannot point the downloader at the LAN or cloud metadata."""
+    spec = site.add(190, Spec(_blob(90)))
+    downloader = _downloader(site, tmp_path, sleeps, allow_hosts=())
+    with pytest.raises(DownloadError, match="redirect refused"):
+        downloader.fetch(190, spec.sha256)
+    assert [s.server for s in site.seen()] == ["civitai"]
     assert _cache_files(tmp_path) == []
