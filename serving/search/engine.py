@@ -156,7 +156,9 @@ class SearchEngine:
         """A level's candidates from every source, filtered, with their evidence."""
         family = checkpoint.base_model_family if checkpoint is not None else None
         segment = self.index.segment(level, family)
-        terms = query.terms.setdefault(level, self.lexicon.terms(query.lexemes, level))
+        if level not in query.terms:  # the query's words as this role's corpus knows them, looked up once
+            query.terms[level] = self.lexicon.terms(query.lexemes, level)
+        terms = query.terms[level]
         near = self.pools.family_similar if checkpoint is not None else self.pools.similar
         sources = [self.nearest.top(segment, query.q, max(near, 2 * top_k)), self.popular(level, family),
                    self.lexicon.rare_candidates(terms, segment, level, self.pools.lexical),

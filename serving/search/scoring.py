@@ -19,8 +19,9 @@ FEATURES = ("similarity", "popularity", "co_usage", "lexical", "bm25", "votes", 
 
 @dataclass(frozen=True)
 class Weights:
-    """Hand-set: score = similarity + popularity * log-downloads + co_usage * log-images + lexical * relative BM25
-    + votes * neighbour votes; popularity and co-usage count for characters and likenesses only when invited."""
+    """Hand-set: score = similarity + popularity * log-downloads + co_usage * log-images + lexical * relative BM25;
+    popularity and co-usage count for characters and likenesses only when invited. Votes are left to the learned
+    ranker (it weighs them by level and by the other evidence)."""
 
     text: float = 1.0
     image: float = 1.0
@@ -34,9 +35,6 @@ class Weights:
     # BM25 of the query's words in the embedded text, divided by the pool's best: what a prompt names literally.
     checkpoint_lexical: float = 1.0
     adapter_lexical: float = 1.0
-    # Share of the nearest example prompts' votes.
-    checkpoint_votes: float = 0.0
-    adapter_votes: float = 0.0
 
 
 @dataclass
@@ -58,7 +56,6 @@ def hand_scores(level: str, features: Features, weights: Weights) -> np.ndarray:
     f = features
     if level == "checkpoint":
         return (f["similarity"] + weights.checkpoint_popularity * f["popularity"]
-                + weights.checkpoint_lexical * f["lexical"] + weights.checkpoint_votes * f["votes"])
+                + weights.checkpoint_lexical * f["lexical"])
     usage = weights.adapter_popularity * f["popularity"] + weights.co_usage * f["co_usage"]
-    return (f["similarity"] + np.where(f["invited"] > 0, usage, 0.0) + weights.adapter_lexical * f["lexical"]
-            + weights.adapter_votes * f["votes"])
+    return f["similarity"] + np.where(f["invited"] > 0, usage, 0.0) + weights.adapter_lexical * f["lexical"]
