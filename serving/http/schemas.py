@@ -51,10 +51,13 @@ def _hit_fields() -> dict:
     return found
 
 
-class _HitLinks(Schema):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+class _Links(Schema):
     civitai_url: str
     lora_tag: str | None = Field(None, description="`<lora:file_stem:weight>` at the recommended weight")
+
+
+class _HitLinks(_Links):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
 
 
 HitOut = create_model("HitOut", __base__=_HitLinks, __module__=__name__, **_hit_fields())
@@ -80,18 +83,10 @@ class SearchResponse(Body):
     negatives: list[HitOut] = Field(description="negative embeddings that suit the chosen checkpoint")
 
 
-class VersionSummary(Schema):
-    model_id: int
-    version_id: int
-    name: str
-    version_name: str
-    type: str
-    kind: str
-    base_model: str | None
-    role: str
-    content_level: str
-    civitai_url: str
-    lora_tag: str | None = None
+_SUMMARY = ("model_id", "version_id", "name", "version_name", "type", "kind", "base_model", "role", "content_level")
+VersionSummary = create_model("VersionSummary", __base__=_Links, __module__=__name__,
+                              **{name: found for name, found in _hit_fields().items() if name in _SUMMARY})
+VersionSummary.__doc__ = "A version named on another's card: the hit's identifying fields and its links."
 
 
 class UsedWith(VersionSummary):
