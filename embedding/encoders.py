@@ -11,7 +11,8 @@ import importlib.util
 import json
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -229,6 +230,21 @@ def minilm_model_dir() -> Path:
     )
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar for a 6-layer model that loads in a blink (it cluttered every `zoo demo`);
+    a host application's own setting is put back."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (mean-pooled BERT), loaded from site-packages with no network."""
 
@@ -241,7 +257,8 @@ class MiniLMTextEncoder:
         self.batch_size = _check_batch_size(batch_size)
         self.device = torch.device(device or default_device())
         self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
+        with _quiet_loading():
+            self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
         check_vocabulary_matches_embeddings(len(self._tokenizer), self._model.get_input_embeddings().num_embeddings,
                                             "all-MiniLM-L6-v2")
         self.max_length = self._read_max_length(folder)
