@@ -257,7 +257,7 @@ class SearchEngine:
         if pool.features.values and pool.features["votes"][i] > 0:
             why.append(f"{pool.features['votes'][i]:.0%} of similar prompts' votes")
         if checkpoint is not None:
-            why.append(f"{co_images} images with {checkpoint.name}" if co_images
+            why.append(f"{co_images} image{'s' if co_images != 1 else ''} with {checkpoint.name}" if co_images
                        else f"compatible with {checkpoint.base_model_family}")
         values = {name: index.details[name][row] for name in index.details}
         values.update(model_id=int(index.arrays["model_id"][row]), version_id=int(index.version_ids[row]),
