@@ -231,9 +231,9 @@ def minilm_model_dir() -> Path:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """No "Loading weights" progress bar for a 6-layer model that loads in a blink (it cluttered every `zoo demo`);
-    a host application's own setting is put back."""
+def quiet_model_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar for MiniLM, a 6-layer model that loads in a blink (it cluttered every
+    `zoo demo`); a host application's own setting is put back."""
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
@@ -257,7 +257,7 @@ class MiniLMTextEncoder:
         self.batch_size = _check_batch_size(batch_size)
         self.device = torch.device(device or default_device())
         self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        with _quiet_loading():
+        with quiet_model_loading():
             self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(self.device).eval()
         check_vocabulary_matches_embeddings(len(self._tokenizer), self._model.get_input_embeddings().num_embeddings,
                                             "all-MiniLM-L6-v2")

@@ -49,6 +49,7 @@ from embedding.encoders import (
     _check_batch_size,
     _checked_texts,
     minilm_model_dir,
+    quiet_model_loading,
 )
 
 # Bump when the graph's inputs, outputs or contents change: old folders are then ignored and a new one exported.
@@ -147,7 +148,8 @@ def _export_graph(model_dir: Path, onnx_path: Path) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    bert = AutoModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager").eval()
+    with quiet_model_loading():
+        bert = AutoModel.from_pretrained(model_dir, local_files_only=True, attn_implementation="eager").eval()
 
     class MeanPooled(torch.nn.Module):
         def __init__(self) -> None:
