@@ -171,6 +171,7 @@ class Query:
     foreign: bool  # not listed in the gallery of any LoRA it used
     split: str = ""
     content: set[int] = field(default_factory=set)  # the answers without the most-used (generic) adapters
+    characters: set[int] = field(default_factory=set)  # the answers that are character adapters (issue 11's cost)
 
 
 @dataclass
@@ -179,17 +180,20 @@ class System:
     adapters: Scores = field(default_factory=Scores)
     checkpoints: Scores = field(default_factory=Scores)
     content: Scores = field(default_factory=Scores)
+    characters: Scores = field(default_factory=Scores)
 
     def add(self, query: Query, adapters: list[int], checkpoints: list[int] | None) -> None:
         self.adapters.add(adapters, query.adapters)
         if query.content:
             self.content.add(adapters, query.content)
+        if query.characters:
+            self.characters.add(adapters, query.characters)
         if query.checkpoints and checkpoints is not None:
             self.checkpoints.add(checkpoints, query.checkpoints)
 
     def summary(self) -> dict:
         return {"adapters": self.adapters.summary(), "checkpoints": self.checkpoints.summary(),
-                "content": self.content.summary()}
+                "content": self.content.summary(), "characters": self.characters.summary()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -686,6 +690,14 @@ def most_used_adapters(engine: Engine, n: int) -> set[int]:
 # Report
 
 
+def mark_characters(queries: list[Query], index) -> None:
+    """Each query's character answers: what "invited, not imposed" may cost (a character the prompt asks for only
+    through its example prompts' votes, its name and trigger words stripped from the query)."""
+    character, kinds = index.code("kind", "character"), index.arrays["kind"]
+    for q in queries:
+        q.characters = {v for v in q.adapters if v in index.row_of and kinds[index.row_of[v]] == character}
+
+
 def write_queries(path: Path, queries: list[Query], answers_path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
@@ -705,14 +717,14 @@ def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     print()
     print(title)
     header = (f"{'system':<44}{'ad hit@10':>10}{'ad rec@10':>10}{'ad MRR':>8}{'ck hit@10':>10}{'ck MRR':>8}"
-              f"{'queries':>8}{'w/ ckpt':>8}{'content hit@10':>15}")
+              f"{'queries':>8}{'w/ ckpt':>8}{'content hit@10':>15}{'character hit@10':>17}")
     print(header)
     print("-" * len(header))
     for name, s in rows:
-        a, c, t = s["adapters"], s["checkpoints"], s["content"]
+        a, c, t, h = s["adapters"], s["checkpoints"], s["content"], s["characters"]
         print(f"{name:<44}{fmt(a['hit_at_10']):>10}{fmt(a['recall_at_10']):>10}{fmt(a['mrr']):>8}"
               f"{fmt(c['hit_at_10']):>10}{fmt(c['mrr']):>8}{a['n']:>8}{c['n']:>8}"
-              f"{fmt(t['hit_at_10']):>9} ({t['n']})")
+              f"{fmt(t['hit_at_10']):>9} ({t['n']}){fmt(h['hit_at_10']):>11} ({h['n']})")
 
 
 def short(s: dict) -> dict:
@@ -720,7 +732,8 @@ def short(s: dict) -> dict:
 
 
 def headline(system: System) -> dict:
-    return {**short(system.adapters.summary()), "content_hit_at_10": system.content.summary()["hit_at_10"]}
+    return {**short(system.adapters.summary()), "content_hit_at_10": system.content.summary()["hit_at_10"],
+            "character_hit_at_10": system.characters.summary()["hit_at_10"]}
 
 
 GENERIC_ADAPTERS = 20  # the most-used adapters (detail tweakers, noise offsets, ...): "content" truth leaves them out
@@ -926,6 +939,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         build_started = time.perf_counter()
         with engine.connect() as conn:
             index = build_search_index(conn, retriever.space, retriever.dimension, describer)
+        mark_characters(queries, index)
         hand_engine = SearchEngine(index, default_weights, retriever.pools)  # no stored ranker: it saw the queries
         build_s = time.perf_counter() - build_started
         print(f"engine: index of the held-out catalogue built in {build_s:.0f} s ({len(index)} versions, "

@@ -8,7 +8,7 @@ import pytest
 
 from crawlers.nsfw import content_level
 from crawlers.roles import Card, PromptCoherence, Usage, decide_roles
-from serving.search.selection import select
+from serving.search.selection import INVITING_VOTES, Invitations, select
 
 SUBJECTS = ["a red fox in snow", "city skyline at dusk", "portrait of an old sailor", "bowl of ramen, steam",
             "medieval castle on a cliff", "robot in a garden", "girl reading in a library", "sports car on a road",
@@ -86,3 +86,37 @@ def test_the_list_shows_one_version_per_model_few_enhancers_and_no_look_twice() 
     assert select(index, rows, scores, 3, enhancer_cap=1) == [0, 4, 2]
     assert select(index, rows, scores, 6, enhancer_cap=1) == [0, 4, 2, 3, 5]
     assert select(index, rows, scores, 6, enhancer_cap=None, near_duplicate=None) == [0, 2, 3, 4, 5]
+
+
+def test_a_candidate_the_prompt_does_not_invite_waits_behind_every_invited_one() -> None:
+    index = _Index()
+    rows, scores = np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    invited = np.array([True, True, False, True, True, True])
+    rules_off = {"enhancer_cap": None, "near_duplicate": None}
+    assert select(index, rows, scores, 3, invited=invited, **rules_off) == [0, 3, 4]
+    assert select(index, rows, scores, 6, invited=invited, **rules_off) == [0, 3, 4, 5, 2]
+
+
+class _Cards:
+    """The arrays and details `Invitations` reads: a style, a character and a real person's likeness."""
+
+    def __init__(self) -> None:
+        self.codes = {"kind": ["style", "character"]}
+        self.arrays = {"kind": np.array([0, 1, 0]), "likeness": np.array([False, False, True])}
+        self.details = {"name": ["Watercolor", "Asuka Langley (Evangelion)", "Famous Actress"],
+                        "trigger_words": [("watercolor",), ("asuka_langley",), ()]}
+
+    def code(self, kind: str, name: str) -> int:
+        return self.codes[kind].index(name)
+
+
+@pytest.mark.parametrize(("similarity", "votes", "rare", "expected"), [
+    ([0.1, 0.1, 0.1], [0.0, 0.0, 0.0], frozenset(), [True, False, False]),  # a style needs no invitation
+    ([0.1, 0.1, 0.1], [0.0, 0.0, 0.0], frozenset({"asuka"}), [True, True, False]),  # named by the prompt
+    ([0.1, 0.7, 0.1], [0.0, 0.0, 0.0], frozenset(), [True, True, False]),  # the prompt is close to its text
+    ([0.1, 0.1, 0.1], [0.0, INVITING_VOTES, INVITING_VOTES / 2], frozenset(), [True, True, False]),  # votes
+])
+def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(similarity, votes, rare, expected) -> None:
+    invitations = Invitations(_Cards())
+    found = invitations.invited(np.arange(3), np.array(similarity), np.array(votes), rare)
+    assert found.tolist() == expected

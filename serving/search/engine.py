@@ -68,6 +68,11 @@ class Pool:
     terms: Terms
     co_images: np.ndarray
 
+    @property
+    def invited(self) -> np.ndarray | None:
+        """Per row, whether the prompt invites it (None for a pool without evidence)."""
+        return self.features["invited"] > 0 if self.features.values else None
+
 
 class SearchEngine:
     """Answers both levels from one SearchIndex; immutable once built, so any number of threads may query it."""
@@ -84,6 +89,7 @@ class SearchEngine:
         self._popularity = np.minimum(1.0, np.log1p(arrays["downloads"]) / math.log(POPULAR_DOWNLOADS))
         self._lora_family = [code("model_type", name) for name in LORA_FAMILY]
         self._negative, self._enhancer = code("serving_role", "negative"), code("serving_role", "enhancer")
+        self._detail_fields = [name for name in index.details if name in _HIT_FIELDS]  # what a hit shows
         self._popular: dict[tuple[str, str | None], np.ndarray] = {}
         order = np.lexsort((-index.version_ids, arrays["model_id"]))
         self._versions_of: dict[int, list[int]] = {}
@@ -122,7 +128,8 @@ class SearchEngine:
         """Level 1: the best checkpoints for the query."""
         pool = self.pool("checkpoint", query, None, filters)
         scores = self.scores("checkpoint", pool, weights)
-        chosen = select(self.index, pool.rows, scores, top_k, enhancer_cap=None, near_duplicate=None)
+        chosen = select(self.index, pool.rows, scores, top_k, enhancer_cap=None, near_duplicate=None,
+                        invited=pool.invited)
         return [self._hit(pool, i, scores[i], None) for i in chosen]
 
     def rank_adapters(self, query: Query, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
@@ -130,7 +137,8 @@ class SearchEngine:
         """Level 2: adapters of the checkpoint's family, boosted by co-usage with it (any family without one)."""
         pool = self.pool("adapter", query, checkpoint, filters, top_k)
         scores = self.scores("adapter", pool, weights)
-        return [self._hit(pool, i, scores[i], checkpoint) for i in select(self.index, pool.rows, scores, top_k)]
+        chosen = select(self.index, pool.rows, scores, top_k, invited=pool.invited)
+        return [self._hit(pool, i, scores[i], checkpoint) for i in chosen]
 
     def negatives(self, checkpoint: Hit, filters: Filters = Filters(), k: int = NEGATIVES) -> list[Hit]:
         """The negative embeddings of the checkpoint's family that suit it: used with it most, then most
@@ -184,7 +192,7 @@ class SearchEngine:
         co_images = self._co_images(checkpoint, rows, query.discount) if checkpoint else np.zeros(len(rows))
         votes = query.votes.of(rows)
         rare = frozenset(self.index.lexemes[int(t)] for t in terms.ids[self.lexicon.rare(terms, level)])
-        invited = self.invitations.invited(rows, similarity, rare)
+        invited = self.invitations.invited(rows, similarity, votes, rare)
         order = np.argsort(-votes, kind="stable")
         vote_rank = np.zeros(len(rows))
         vote_rank[order] = 1.0 / (1 + np.arange(len(rows)))
@@ -259,7 +267,7 @@ class SearchEngine:
         if checkpoint is not None:
             why.append(f"{co_images} image{'s' if co_images != 1 else ''} with {checkpoint.name}" if co_images
                        else f"compatible with {checkpoint.base_model_family}")
-        values = {name: index.details[name][row] for name in index.details}
+        values = {name: index.details[name][row] for name in self._detail_fields}
         values.update(model_id=int(index.arrays["model_id"][row]), version_id=int(index.version_ids[row]),
                       score=round(float(score), 6), similarity=round(similarity, 6), downloads=downloads,
                       co_usage_images=co_images, trigger_words=list(values["trigger_words"]),
@@ -268,7 +276,7 @@ class SearchEngine:
                       content_level=LEVEL_NAMES.get(int(index.arrays["content_level"][row]), ""),
                       other_versions=[v for v in self._versions_of[int(index.arrays["model_id"][row])]
                                       if v != int(index.version_ids[row])])
-        return Hit(**{name: value for name, value in values.items() if name in _HIT_FIELDS})
+        return Hit(**values)
 
 
 def _union(*sources: np.ndarray) -> np.ndarray:

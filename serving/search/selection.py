@@ -3,7 +3,8 @@ couple of enhancers (detail tweakers answer every prompt and would otherwise fil
 look twice (two adapters of one kind whose vectors almost coincide: the second waits until the list has room).
 
 Characters and real-person likenesses are invited, not imposed: `invited` says whether a prompt asks for one (its
-name or trigger words, or a prompt very close to its text); one the prompt does not ask for gets no usage boost.
+name or trigger words, a prompt very close to its text, or a fair share of the votes of the example prompts nearest
+the prompt); one the prompt does not ask for waits behind every invited candidate, whatever its score.
 """
 
 from __future__ import annotations
@@ -16,48 +17,57 @@ from serving.search.words import query_terms
 ENHANCERS_PER_LIST = 2
 NEAR_DUPLICATE = 0.95  # cosine of two adapters' vectors at or above which they are the same look
 INVITING_SIMILARITY = 0.6  # a prompt this close to a character's text asks for it without naming it
+# Or this share of the votes of the example prompts nearest the query (they used it for prompts like this one).
+# Chosen on the quality bench's dev half (bench/retrieval_quality.py, README): 0.05 kept the dev half's character
+# answers (0.37 hit@10 against 0.30 ungated) and cut character slots on prompts naming none by two thirds; 0.1 lost
+# two thirds of the character answers.
+INVITING_VOTES = 0.05
 INVITED_KINDS = frozenset({"character"})
 
 
 def select(index: SearchIndex, rows: np.ndarray, scores: np.ndarray, k: int, *, one_per_model: bool = True,
-           enhancer_cap: int | None = ENHANCERS_PER_LIST, near_duplicate: float | None = NEAR_DUPLICATE) -> list[int]:
+           enhancer_cap: int | None = ENHANCERS_PER_LIST, near_duplicate: float | None = NEAR_DUPLICATE,
+           invited: np.ndarray | None = None) -> list[int]:
     """Positions (into `rows`) of the list to show: best score first (ties: lower version id), under the rules
-    above; near-duplicates and enhancers over the cap fill remaining places only if nothing else does."""
+    above; uninvited candidates (`invited` False), near-duplicates and enhancers over the cap fill remaining places
+    only if nothing else does."""
     order = np.lexsort((index.version_ids[rows], -scores))
     enhancer = index.code("serving_role", "enhancer")
+    models, kinds = index.arrays["model_id"][rows].tolist(), index.arrays["kind"][rows].tolist()
+    enhancers_at = (index.arrays["serving_role"][rows] == enhancer).tolist()
     chosen: list[int] = []
     waiting: list[int] = []
-    models: set[int] = set()
+    chosen_of_kind: dict[int, list[int]] = {}  # kind -> rows chosen
+    seen_models: set[int] = set()
     enhancers = 0
     for position in order.tolist():
         if len(chosen) >= k:
             break
-        row = int(rows[position])
-        model = int(index.arrays["model_id"][row])
-        if one_per_model and model in models:
+        if one_per_model and models[position] in seen_models:
             continue
-        models.add(model)
-        is_enhancer = int(index.arrays["serving_role"][row]) == enhancer
-        if (is_enhancer and enhancer_cap is not None and enhancers >= enhancer_cap) or (
-                near_duplicate is not None and _repeats(index, row, [int(rows[p]) for p in chosen], near_duplicate)):
+        seen_models.add(models[position])
+        row, same_kind = int(rows[position]), chosen_of_kind.setdefault(kinds[position], [])
+        is_enhancer = enhancers_at[position]
+        if (invited is not None and not invited[position]) or (
+                is_enhancer and enhancer_cap is not None and enhancers >= enhancer_cap) or (
+                near_duplicate is not None and _repeats(index, row, same_kind, near_duplicate)):
             waiting.append(position)
             continue
         enhancers += is_enhancer
         chosen.append(position)
+        same_kind.append(row)
     return (chosen + waiting)[:k]
 
 
-def _repeats(index: SearchIndex, row: int, chosen: list[int], threshold: float) -> bool:
-    """Whether `row` is of the same kind as a chosen row and its vector almost the same."""
-    same_kind = [other for other in chosen if index.arrays["kind"][other] == index.arrays["kind"][row]]
-    if not same_kind:
-        return False
-    return bool((index.vectors[same_kind] @ index.vectors[row] >= threshold).any())
+def _repeats(index: SearchIndex, row: int, same_kind: list[int], threshold: float) -> bool:
+    """Whether `row`'s vector almost equals that of a chosen row of its kind."""
+    return bool(same_kind) and bool((index.vectors[same_kind] @ index.vectors[row] >= threshold).any())
 
 
 class Invitations:
     """Whether a prompt asks for a character or a likeness: a rare word of the prompt (`rare_lexemes`) is one of
-    its name's or trigger words' lexemes, or the prompt is very close to its text."""
+    its name's or trigger words' lexemes, the prompt is very close to its text, or the example prompts nearest the
+    prompt voted for it."""
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
@@ -65,12 +75,14 @@ class Invitations:
         invited = [index.code("kind", kind) for kind in INVITED_KINDS]
         self.needs_invitation = np.isin(index.arrays["kind"], invited) | index.arrays["likeness"]
 
-    def invited(self, rows: np.ndarray, similarity: np.ndarray, rare_lexemes: frozenset[str]) -> np.ndarray:
+    def invited(self, rows: np.ndarray, similarity: np.ndarray, votes: np.ndarray,
+                rare_lexemes: frozenset[str]) -> np.ndarray:
         """Per row: True unless it needs an invitation and the prompt gives none."""
         result = np.ones(len(rows), dtype=bool)
         for i in np.flatnonzero(self.needs_invitation[rows]).tolist():
             row = int(rows[i])
-            result[i] = similarity[i] >= INVITING_SIMILARITY or bool(self._named_by(row) & rare_lexemes)
+            result[i] = (similarity[i] >= INVITING_SIMILARITY or votes[i] >= INVITING_VOTES
+                         or bool(self._named_by(row) & rare_lexemes))
         return result
 
     def _named_by(self, row: int) -> frozenset[str]:
