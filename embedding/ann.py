@@ -35,9 +35,14 @@ class Graph:
 
         self._index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         self._faiss = faiss
+        self._params: dict[int, object] = {}  # efSearch -> its (read-only, shareable) search parameters
 
     def top(self, q: np.ndarray, n: int) -> np.ndarray:
-        params = self._faiss.SearchParametersHNSW()
-        params.efSearch = max(EF_SEARCH, n)
+        ef = max(EF_SEARCH, n)
+        params = self._params.get(ef)
+        if params is None:
+            params = self._faiss.SearchParametersHNSW()
+            params.efSearch = ef
+            self._params[ef] = params
         _, rows = self._index.search(np.asarray(q, dtype=np.float32)[None, :], n, params=params)
         return rows[0][rows[0] >= 0].astype(np.int64)

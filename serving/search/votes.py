@@ -58,6 +58,12 @@ class PromptNeighbours:
     def _term_of(self) -> dict[str, int]:
         return {lexeme: i for i, lexeme in enumerate(self.index.prompt_lexemes)}
 
+    @cached_property
+    def _norm_length(self) -> np.ndarray:
+        """BM25's length normalisation of every prompt (the same for every query)."""
+        lengths = self.index.arrays["prompt_length"]
+        return BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(self.average_length, 1.0))
+
     def votes(self, lexemes: list[str], exclude: np.ndarray | None = None, k: int = NEIGHBOURS) -> Votes:
         """Votes of the k prompts nearest the query's words; `exclude` marks prompts that may not vote (a
         training query's own prompt and gallery)."""
@@ -93,8 +99,7 @@ class PromptNeighbours:
     def _bm25(self, lexemes: list[str]) -> np.ndarray | None:
         if not self.count:
             return None
-        arrays, scores, used = self.index.arrays, np.zeros(self.count), False
-        norm_length = BM25_K1 * (1 - BM25_B + BM25_B * arrays["prompt_length"] / max(self.average_length, 1.0))
+        arrays, scores, used, norm_length = self.index.arrays, np.zeros(self.count), False, self._norm_length
         for lexeme in dict.fromkeys(lexemes):
             term = self._term_of.get(lexeme)
             if term is None:
