@@ -53,16 +53,11 @@ class PromptNeighbours:
         arrays = index.arrays
         self.count = len(arrays["prompt_length"]) if "prompt_length" in arrays else 0
         self.average_length = float(arrays["prompt_length"].mean()) if self.count else 0.0
+        self._posting_scores = _posting_scores(arrays, self.count, self.average_length) if self.count else None
 
     @cached_property
     def _term_of(self) -> dict[str, int]:
         return {lexeme: i for i, lexeme in enumerate(self.index.prompt_lexemes)}
-
-    @cached_property
-    def _norm_length(self) -> np.ndarray:
-        """BM25's length normalisation of every prompt (the same for every query)."""
-        lengths = self.index.arrays["prompt_length"]
-        return BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(self.average_length, 1.0))
 
     def votes(self, lexemes: list[str], exclude: np.ndarray | None = None, k: int = NEIGHBOURS) -> Votes:
         """Votes of the k prompts nearest the query's words; `exclude` marks prompts that may not vote (a
@@ -99,18 +94,26 @@ class PromptNeighbours:
     def _bm25(self, lexemes: list[str]) -> np.ndarray | None:
         if not self.count:
             return None
-        arrays, scores, used, norm_length = self.index.arrays, np.zeros(self.count), False, self._norm_length
+        arrays, scores, used = self.index.arrays, np.zeros(self.count), False
         for lexeme in dict.fromkeys(lexemes):
             term = self._term_of.get(lexeme)
             if term is None:
                 continue
             start, end = arrays["prompt_term_start"][term], arrays["prompt_term_start"][term + 1]
-            documents = end - start
-            if documents > NEIGHBOUR_SHARE * self.count:
+            if end - start > NEIGHBOUR_SHARE * self.count:
                 continue
-            members = arrays["prompt_posting_rows"][start:end]
-            tf = arrays["prompt_posting_tf"][start:end].astype(np.float64)
-            idf = np.log1p((self.count - documents + 0.5) / (documents + 0.5))
-            scores[members] += idf * tf * (BM25_K1 + 1) / (tf + norm_length[members])
+            scores[arrays["prompt_posting_rows"][start:end]] += self._posting_scores[start:end]
             used = True
         return scores if used else None
+
+
+def _posting_scores(arrays: dict[str, np.ndarray], count: int, average_length: float) -> np.ndarray:
+    """Each prompt posting's BM25 term score (idf x saturated, length-normalised tf). It depends on no query, so
+    the engine computes it once when it loads and a query only adds up its words' postings."""
+    documents = np.diff(arrays["prompt_term_start"])
+    idf = np.log1p((count - documents + 0.5) / (documents + 0.5))
+    lengths = arrays["prompt_length"][arrays["prompt_posting_rows"]]
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(average_length, 1.0))
+    tf = arrays["prompt_posting_tf"].astype(np.float64)
+    return np.repeat(idf, documents) * tf * (BM25_K1 + 1) / (tf + norm)
+
