@@ -352,6 +352,14 @@ def build_queries(engine: Engine, catalogue: dict, n: int, seed: int) -> tuple[l
     return chosen, dict(counts), sorted(set(held_out))
 
 
+def put_back_dead_runs_hold_out(conn) -> None:
+    """Only a run that died while holding out (its lock went with it) leaves rows in the side table: put them back,
+    before queries are sampled (a sample without them would differ from any other run's) and before holding out."""
+    conn.execute(text("DO $$ BEGIN IF to_regclass('bench_held_out_image_resources') IS NOT NULL THEN "
+                      "INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
+                      "ON CONFLICT DO NOTHING; DROP TABLE bench_held_out_image_resources; END IF; END $$"))
+
+
 class HeldOut:
     """Remove the query images' references while the benchmark runs, rebuild the links, and put both back after.
     Holds the catalogue lock (db/locks.py) meanwhile: a refresh, or a second run of this benchmark, waits instead
@@ -374,11 +382,7 @@ class HeldOut:
         self._lock.__enter__()
         try:
             with self.engine.begin() as conn:
-                # Only a run that died while holding out (its lock went with it) leaves rows in the side table:
-                # put them back before anything.
-                conn.execute(text("DO $$ BEGIN IF to_regclass('bench_held_out_image_resources') IS NOT NULL THEN "
-                                  "INSERT INTO image_resources SELECT * FROM bench_held_out_image_resources "
-                                  "ON CONFLICT DO NOTHING; DROP TABLE bench_held_out_image_resources; END IF; END $$"))
+                put_back_dead_runs_hold_out(conn)
                 conn.execute(text("CREATE TABLE bench_held_out_image_resources AS "
                                   "SELECT * FROM image_resources WHERE image_id = ANY(:ids)"), {"ids": self.image_ids})
                 self.rows = conn.execute(text("DELETE FROM image_resources WHERE image_id = ANY(:ids)"),
@@ -886,6 +890,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
     os.environ["DATABASE_URL"] = url
     from config import Settings
     from db.engine import get_engine
+    from db.locks import CATALOGUE, advisory_lock
     from embedding.presets import ModelChoice, build_describer, build_query_encoders
     from embedding.refresh import describer_key
     from embedding.search_index import build_search_index
@@ -903,6 +908,9 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
     # catalogue (retriever.search_engine, the stored generation, still holds the queries' co-usage).
     retriever = Retriever(engine, text_encoder, image_encoder, describer=describer)
     started = time.perf_counter()
+    with advisory_lock(engine, CATALOGUE, holder=f"bench/retrieval_quality.py pid {os.getpid()}"), \
+            engine.begin() as conn:  # a live run's hold-out is not a dead one's: wait for it
+        put_back_dead_runs_hold_out(conn)
     catalogue = load_catalogue(engine, retriever.space, describer)
     queries, counts, held_out = build_queries(engine, catalogue, args.queries, args.seed)
     if not queries:
@@ -950,6 +958,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         learned = {name: learned_engine(hand_engine, training, columns) for name, columns in ABLATIONS.items()}
         training_s = time.perf_counter() - training_started
         zoo_engine = EngineLevels(learned[""][0])
+        ungated = SearchEngine(index, default_weights, retriever.pools, learned[""][0].ranker, gate_uninvited=False)
         print(f"learned ranker: {training['queries']} training queries (the {len(held_out)} query images held out), "
               f"{len(ABLATIONS)} rankers fitted in {training_s:.0f} s; validation by creator: "
               + "; ".join(f"{level} learned {m['learned']} vs hand {m['hand_weights']}"
@@ -960,6 +969,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
         hand = EngineLevels(hand_engine)
         systems: list[tuple[str, AnswerFn]] = [
             ("zoo", two_level(zoo_engine, vectors, None)),
+            ("ungated", two_level(EngineLevels(ungated), vectors, None)),
             ("hand", two_level(hand, vectors, default_weights)),
             ("semantic", two_level(hand, vectors, semantic_weights)),
             ("oracle", oracle_level1(zoo_engine, vectors, None, families)),
@@ -997,6 +1007,7 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
                 f"truth = the checkpoint version it names ({zoo.checkpoints.n} queries); content = adapter truth "
                 f"without the {GENERIC_ADAPTERS} most-used adapters", [
                     ("zoo (SearchEngine, learned ranker)", zoo.summary()),
+                    ("zoo, uninvited characters not held back", system("ungated").summary()),
                     ("zoo, hand weights", hand_system.summary()),
                     ("zoo semantic only (evidence weights 0)", semantic.summary()),
                     ("bm25 (embedding_text)", bm25.summary()),
@@ -1006,7 +1017,8 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
           f"{fmt(zoo_same.adapters.summary()['hit_at_10'])}, MRR {fmt(zoo_same.adapters.summary()['mrr'])})")
     print(f"(bm25 scored as a sparse product: max |diff| from BM25Okapi.get_scores {bm25_diff:.1e})")
     output = {"bench": "retrieval_quality", "queries": len(queries), "seed": args.seed,
-              "zoo": headline(zoo), "zoo_hand_weights": headline(hand_system), "zoo_semantic": headline(semantic),
+              "zoo": headline(zoo), "zoo_ungated": headline(system("ungated")),
+              "zoo_hand_weights": headline(hand_system), "zoo_semantic": headline(semantic),
               "bm25": headline(bm25),
               "popularity": headline(popular), "oracle_checkpoint": headline(oracle),
               "zoo_on_oracle_queries": headline(zoo_same),
@@ -1018,16 +1030,17 @@ def evaluate(args: argparse.Namespace, url: str, ingest_s: float | None) -> None
               "default_weights": defaults}
     splits = [("test", test), ("dev", dev)] if test else [("all", queries)]
     rows = [(f"{label}: {key}", system(key, on).summary()) for label, on in splits
-            for key in ("zoo", "hand", *(f"learned {name}" for name in ABLATIONS if name))]
-    print_table("what each signal is worth: the learned ranker retrained without it (columns zeroed), and hand "
-                "weights", rows)
+            for key in ("zoo", "ungated", "hand", *(f"learned {name}" for name in ABLATIONS if name))]
+    print_table("what each signal is worth: the learned ranker retrained without it (columns zeroed), hand "
+                "weights, and uninvited characters not held back (ungated)", rows)
     output["ablations"] = {label: {key: headline(system(key, on)) | {"checkpoints": short(
-        system(key, on).checkpoints.summary())} for key in ("zoo", "hand", *(f"learned {n}" for n in ABLATIONS if n))}
+        system(key, on).checkpoints.summary())} for key in ("zoo", "ungated", "hand",
+                                                            *(f"learned {n}" for n in ABLATIONS if n))}
         for label, on in splits}
-    seen = {key: what_a_person_sees(runs[key], queries) for key in ("zoo", "hand")}
+    seen = {key: what_a_person_sees(runs[key], queries) for key in ("zoo", "ungated", "hand")}
     print("\nwhat a person sees in the top-10 adapters (shares of slots; before issue 11: 21% negative, 25% TI)")
     for key, found in seen.items():
-        print(f"  {key:<6}" + ", ".join(f"{name} {value}" for name, value in found.items()))
+        print(f"  {key:<8}" + ", ".join(f"{name} {value}" for name, value in found.items()))
     output["what_a_person_sees"] = seen
     output["hand_vs_learned"] = print_comparison(
         "hand weights vs the learned ranker on the same queries", [

@@ -16,7 +16,9 @@ from db.search_index_store import current_generation
 from embedding.search_index import build_search_index, load_search_index, store_search_index
 from orchestration.run import refresh_zoo
 from serving.search import open_retriever
+from serving.search.engine import SearchEngine
 from serving.search.lexical import BM25_B, BM25_K1
+from serving.search.results import Filters
 
 PROMPTS = ["pixel art castle on a hill", "a scientist wearing brass steampunk goggles", "linocut print of a fox",
            "(masterpiece:1.2), anime girl in a knitted winter sweater <lora:knit:0.7>"]
@@ -205,3 +207,31 @@ def test_serving_limits_keep_likenesses_and_mature_models_out_of_the_index(zoo_s
             conn.execute(text("UPDATE models SET poi = false WHERE id = :id"), {"id": likeness})
             conn.execute(text("UPDATE models SET tags = array_remove(tags, 'ecchi') WHERE id = :id"), {"id": mature})
         assert refresh_zoo(zoo_settings, dump_path=str(snapshot_path()), workers=1).success
+
+
+
+class _CharactersFirst:
+    """A ranker that would put every character and likeness first: what a ranker learned from usage can do."""
+
+    def serves(self, level: str) -> bool:
+        return True
+
+    def scores(self, level: str, features) -> np.ndarray:
+        return features["needs_invitation"] + 0.1 * features["similarity"]
+
+
+def test_characters_the_prompt_does_not_ask_for_come_after_every_invited_adapter(retriever) -> None:
+    index = retriever.search_engine.index
+    gated, ungated = (SearchEngine(index, ranker=_CharactersFirst(), gate_uninvited=gate) for gate in (True, False))
+    words = "an old lighthouse keeper with a pipe, stormy sea"  # no character's name or trigger words
+    query = gated.query(retriever.query_vector(words), words)
+    pool = gated.pool("adapter", query, None, Filters(), top_k=50)
+    uninvited = {int(index.version_ids[row]) for row, ok in zip(pool.rows, pool.features["invited"]) if not ok}
+    assert uninvited, "the snapshot's characters are candidates the prompt does not invite"
+    listed = [hit.version_id in uninvited for hit in gated.rank_adapters(query, None, top_k=len(pool.rows))]
+    assert listed == sorted(listed), "an uninvited character is listed before an invited adapter"
+    listed = [hit.version_id in uninvited for hit in ungated.rank_adapters(query, None, top_k=len(pool.rows))]
+    assert listed != sorted(listed), "without the gate the ranker puts uninvited characters before invited adapters"
+    words = "Old Tobiah the lighthouse keeper with a pipe, stormy sea"
+    named = gated.rank_adapters(gated.query(retriever.query_vector(words), words), None, top_k=3)
+    assert "Tobiah" in named[0].name

@@ -68,19 +68,18 @@ class Pool:
     terms: Terms
     co_images: np.ndarray
 
-    @property
-    def invited(self) -> np.ndarray | None:
-        """Per row, whether the prompt invites it (None for a pool without evidence)."""
-        return self.features["invited"] > 0 if self.features.values else None
 
 
 class SearchEngine:
     """Answers both levels from one SearchIndex; immutable once built, so any number of threads may query it."""
 
     def __init__(self, index: SearchIndex, weights: Weights = Weights(), pools: PoolSizes = PoolSizes(),
-                 ranker=None) -> None:
-        """`weights` score when no learned `ranker` is given (and whenever a query passes its own weights)."""
+                 ranker=None, *, gate_uninvited: bool = True) -> None:
+        """`weights` score when no learned `ranker` is given (and whenever a query passes its own weights).
+        `gate_uninvited=False` lists characters and likenesses by score alone, invited or not (the quality bench
+        measures what the gate costs)."""
         self.index, self.weights, self.pools, self.ranker = index, weights, pools, ranker
+        self.gate_uninvited = gate_uninvited
         self.nearest = NearestNeighbours(index)
         self.lexicon = Lexicon(index)
         self.neighbours = PromptNeighbours(index)
@@ -129,7 +128,7 @@ class SearchEngine:
         pool = self.pool("checkpoint", query, None, filters)
         scores = self.scores("checkpoint", pool, weights)
         chosen = select(self.index, pool.rows, scores, top_k, enhancer_cap=None, near_duplicate=None,
-                        invited=pool.invited)
+                        invited=self._invited(pool))
         return [self._hit(pool, i, scores[i], None) for i in chosen]
 
     def rank_adapters(self, query: Query, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
@@ -137,7 +136,7 @@ class SearchEngine:
         """Level 2: adapters of the checkpoint's family, boosted by co-usage with it (any family without one)."""
         pool = self.pool("adapter", query, checkpoint, filters, top_k)
         scores = self.scores("adapter", pool, weights)
-        chosen = select(self.index, pool.rows, scores, top_k, invited=pool.invited)
+        chosen = select(self.index, pool.rows, scores, top_k, invited=self._invited(pool))
         return [self._hit(pool, i, scores[i], checkpoint) for i in chosen]
 
     def negatives(self, checkpoint: Hit, filters: Filters = Filters(), k: int = NEGATIVES) -> list[Hit]:
@@ -151,6 +150,10 @@ class SearchEngine:
         pool = Pool(rows, Features({}), np.zeros((0, len(rows))), NO_TERMS, co_images)
         return [self._hit(pool, i, scores[i], checkpoint)
                 for i in select(self.index, rows, scores, k, enhancer_cap=None, near_duplicate=None)]
+
+    def _invited(self, pool: Pool) -> np.ndarray | None:
+        """Per candidate, whether the prompt invites it; None when every candidate counts as invited."""
+        return pool.features["invited"] > 0 if self.gate_uninvited else None
 
     def scores(self, level: str, pool: Pool, weights: Weights | None) -> np.ndarray:
         """The learned ranker's scores when it is loaded and no weights are asked for, else the hand weights'."""
