@@ -120,3 +120,19 @@ def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(simila
     invitations = Invitations(_Cards())
     found = invitations.invited(np.arange(3), np.array(similarity), np.array(votes), rare)
     assert found.tolist() == expected
+
+
+def test_a_candidate_the_prompt_names_leads_the_list() -> None:
+    index = _Index()
+    rows, scores = np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    named = np.array([False, False, False, False, True, False])
+    assert select(index, rows, scores, 3, named=named, enhancer_cap=None, near_duplicate=None) == [4, 0, 2]
+
+
+@pytest.mark.parametrize(("rare", "expected"), [
+    (frozenset({"asuka"}), [False, False, False]),  # one word of a three-word name invites, does not name
+    (frozenset({"asuka", "langley"}), [False, True, False]),
+    (frozenset({"watercolor", "famous", "actress"}), [False, False, True]),  # a style is never "named"
+])
+def test_a_prompt_names_a_character_with_two_words_of_its_name(rare, expected) -> None:
+    assert Invitations(_Cards()).named(np.arange(3), rare).tolist() == expected

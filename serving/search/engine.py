@@ -67,6 +67,7 @@ class Pool:
     tf: np.ndarray  # [query terms, rows]
     terms: Terms
     co_images: np.ndarray
+    named: np.ndarray  # per row: the prompt names it outright (a character or likeness; selection.Invitations)
 
 
 
@@ -76,8 +77,8 @@ class SearchEngine:
     def __init__(self, index: SearchIndex, weights: Weights = Weights(), pools: PoolSizes = PoolSizes(),
                  ranker=None, *, gate_uninvited: bool = True) -> None:
         """`weights` score when no learned `ranker` is given (and whenever a query passes its own weights).
-        `gate_uninvited=False` lists characters and likenesses by score alone, invited or not (the quality bench
-        measures what the gate costs)."""
+        `gate_uninvited=False` lists characters and likenesses by score alone, named, invited or not (the quality
+        bench measures what the gate costs)."""
         self.index, self.weights, self.pools, self.ranker = index, weights, pools, ranker
         self.gate_uninvited = gate_uninvited
         self.nearest = NearestNeighbours(index)
@@ -128,7 +129,7 @@ class SearchEngine:
         pool = self.pool("checkpoint", query, None, filters)
         scores = self.scores("checkpoint", pool, weights)
         chosen = select(self.index, pool.rows, scores, top_k, enhancer_cap=None, near_duplicate=None,
-                        invited=self._invited(pool))
+                        **self._gate(pool))
         return [self._hit(pool, i, scores[i], None) for i in chosen]
 
     def rank_adapters(self, query: Query, checkpoint: Hit | None, top_k: int = 10, filters: Filters = Filters(),
@@ -136,7 +137,7 @@ class SearchEngine:
         """Level 2: adapters of the checkpoint's family, boosted by co-usage with it (any family without one)."""
         pool = self.pool("adapter", query, checkpoint, filters, top_k)
         scores = self.scores("adapter", pool, weights)
-        chosen = select(self.index, pool.rows, scores, top_k, invited=self._invited(pool))
+        chosen = select(self.index, pool.rows, scores, top_k, **self._gate(pool))
         return [self._hit(pool, i, scores[i], checkpoint) for i in chosen]
 
     def negatives(self, checkpoint: Hit, filters: Filters = Filters(), k: int = NEGATIVES) -> list[Hit]:
@@ -147,13 +148,14 @@ class SearchEngine:
         rows = rows[(self.index.arrays["serving_role"][rows] == self._negative) & self._passes(rows, filters)]
         co_images = self._co_images(checkpoint, rows, frozenset())
         scores = np.log1p(co_images) / math.log(CO_USED_IMAGES) + self._popularity[rows]
-        pool = Pool(rows, Features({}), np.zeros((0, len(rows))), NO_TERMS, co_images)
+        pool = Pool(rows, Features({}), np.zeros((0, len(rows))), NO_TERMS, co_images, np.zeros(len(rows), bool))
         return [self._hit(pool, i, scores[i], checkpoint)
                 for i in select(self.index, rows, scores, k, enhancer_cap=None, near_duplicate=None)]
 
-    def _invited(self, pool: Pool) -> np.ndarray | None:
-        """Per candidate, whether the prompt invites it; None when every candidate counts as invited."""
-        return pool.features["invited"] > 0 if self.gate_uninvited else None
+    def _gate(self, pool: Pool) -> dict[str, np.ndarray]:
+        """What `select` is told of invitations: which candidates the prompt names (they lead) and invites
+        (the others wait); nothing when the gate is off."""
+        return {"invited": pool.features["invited"] > 0, "named": pool.named} if self.gate_uninvited else {}
 
     def scores(self, level: str, pool: Pool, weights: Weights | None) -> np.ndarray:
         """The learned ranker's scores when it is loaded and no weights are asked for, else the hand weights'."""
@@ -196,6 +198,7 @@ class SearchEngine:
         votes = query.votes.of(rows)
         rare = frozenset(self.index.lexemes[int(t)] for t in terms.ids[self.lexicon.rare(terms, level)])
         invited = self.invitations.invited(rows, similarity, votes, rare)
+        named = self.invitations.named(rows, rare)
         order = np.argsort(-votes, kind="stable")
         vote_rank = np.zeros(len(rows))
         vote_rank[order] = 1.0 / (1 + np.arange(len(rows)))
@@ -210,7 +213,7 @@ class SearchEngine:
             "invited": invited.astype(np.float64), "examples": np.log1p(arrays["examples"][rows]),
             "age_days": arrays["age_days"][rows].astype(np.float64),
             "text_length": arrays["lexical_length"][rows].astype(np.float64)})
-        return Pool(rows, features, tf, terms, co_images)
+        return Pool(rows, features, tf, terms, co_images, named)
 
     def popular(self, role: str, family: str | None = None) -> np.ndarray:
         """The most downloaded rows of a role (and family): candidates whatever their similarity, because usage is

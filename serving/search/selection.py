@@ -28,11 +28,12 @@ INVITED_KINDS = frozenset({"character"})
 
 def select(index: SearchIndex, rows: np.ndarray, scores: np.ndarray, k: int, *, one_per_model: bool = True,
            enhancer_cap: int | None = ENHANCERS_PER_LIST, near_duplicate: float | None = NEAR_DUPLICATE,
-           invited: np.ndarray | None = None) -> list[int]:
-    """Positions (into `rows`) of the list to show: best score first (ties: lower version id), under the rules
-    above; uninvited candidates (`invited` False), near-duplicates and enhancers over the cap fill remaining places
-    only if nothing else does."""
-    order = np.lexsort((index.version_ids[rows], -scores))
+           invited: np.ndarray | None = None, named: np.ndarray | None = None) -> list[int]:
+    """Positions (into `rows`) of the list to show: candidates the prompt names (`named`) first, then best score
+    first (ties: lower version id), under the rules above; uninvited candidates (`invited` False), near-duplicates
+    and enhancers over the cap fill remaining places only if nothing else does."""
+    keys = (index.version_ids[rows], -scores) if named is None else (index.version_ids[rows], -scores, ~named)
+    order = np.lexsort(keys)
     enhancer = index.code("serving_role", "enhancer")
     models, kinds = index.arrays["model_id"][rows].tolist(), index.arrays["kind"][rows].tolist()
     enhancers_at = (index.arrays["serving_role"][rows] == enhancer).tolist()
@@ -68,11 +69,12 @@ def _repeats(index: SearchIndex, row: int, same_kind: list[int], threshold: floa
 class Invitations:
     """Whether a prompt asks for a character or a likeness: a rare word of the prompt (`rare_lexemes`) is one of
     its name's or trigger words' lexemes, the prompt is very close to its text, or the example prompts nearest the
-    prompt voted for it."""
+    prompt voted for it; and whether the prompt names it outright (then it leads the list: a ranker learned from
+    prompts stripped of their trigger words cannot know that a name typed out is the strongest evidence)."""
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
-        self._lexemes: dict[int, frozenset[str]] = {}
+        self._names: dict[int, tuple[frozenset[str], tuple[frozenset[str], ...]]] = {}
         invited = [index.code("kind", kind) for kind in INVITED_KINDS]
         self.needs_invitation = np.isin(index.arrays["kind"], invited) | index.arrays["likeness"]
 
@@ -81,16 +83,28 @@ class Invitations:
         """Per row: True unless it needs an invitation and the prompt gives none."""
         result = np.ones(len(rows), dtype=bool)
         for i in np.flatnonzero(self.needs_invitation[rows]).tolist():
-            row = int(rows[i])
+            name, triggers = self._lexemes(int(rows[i]))
             result[i] = (similarity[i] >= INVITING_SIMILARITY or votes[i] >= INVITING_VOTES
-                         or bool(self._named_by(row) & rare_lexemes))
+                         or bool(name.union(*triggers) & rare_lexemes))
         return result
 
-    def _named_by(self, row: int) -> frozenset[str]:
-        if row not in self._lexemes:
+    def named(self, rows: np.ndarray, rare_lexemes: frozenset[str]) -> np.ndarray:
+        """Per row: whether the prompt's rare words name it outright: two words of its name (the only one, for a
+        one-word name). Not its trigger words: a character's often describe its outfit ("red kimono")."""
+        result = np.zeros(len(rows), dtype=bool)
+        for i in np.flatnonzero(self.needs_invitation[rows]).tolist():
+            name, _ = self._lexemes(int(rows[i]))
+            result[i] = len(name & rare_lexemes) >= min(2, len(name)) > 0
+        return result
+
+    def _lexemes(self, row: int) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+        """The lexemes of a row's name, and of each of its trigger words."""
+        if row not in self._names:
             details = self.index.details
-            text = " ".join([details["name"][row], *details["trigger_words"][row]])
-            self._lexemes[row] = frozenset(lexeme for lexeme, _ in query_terms(text))
-        return self._lexemes[row]
+            self._names[row] = (_lexemes_of(details["name"][row]),
+                                tuple(_lexemes_of(word) for word in details["trigger_words"][row]))
+        return self._names[row]
 
 
+def _lexemes_of(text: str) -> frozenset[str]:
+    return frozenset(lexeme for lexeme, _ in query_terms(text))
