@@ -17,6 +17,7 @@ from embedding.search_index import build_search_index, load_search_index, store_
 from orchestration.run import refresh_zoo
 from serving.search import open_retriever
 from serving.search.engine import SearchEngine
+from serving.search import lexical
 from serving.search.lexical import BM25_B, BM25_K1
 from serving.search.results import Filters
 
@@ -235,3 +236,25 @@ def test_characters_the_prompt_does_not_ask_for_come_after_every_invited_adapter
     words = "Old Tobiah the lighthouse keeper with a pipe, stormy sea"
     named = gated.rank_adapters(gated.query(retriever.query_vector(words), words), None, top_k=3)
     assert "Tobiah" in named[0].name
+
+
+class _CharactersLast:
+    """A ranker that would put every character and likeness last."""
+
+    def serves(self, level: str) -> bool:
+        return True
+
+    def scores(self, level: str, features) -> np.ndarray:
+        return features["similarity"] - features["needs_invitation"]
+
+
+def test_a_character_the_prompt_names_leads_the_list_whatever_the_ranker_scores(retriever, monkeypatch) -> None:
+    # The snapshot holds 18 adapters: at the product's 5% no word of theirs is rare; at 30% the name's words are.
+    monkeypatch.setattr(lexical, "RARE_SHARE", 0.3)
+    engine = SearchEngine(retriever.search_engine.index, ranker=_CharactersLast())
+    words = "Old Tobiah the lighthouse keeper, stormy sea"
+    hits = engine.rank_adapters(engine.query(retriever.query_vector(words), words), None, top_k=5)
+    assert "Tobiah" in hits[0].name and hits[0].why.startswith("named in the prompt")
+    words = "a sailor by a lighthouse, stormy sea"  # one word of its name invites it, does not name it
+    hits = engine.rank_adapters(engine.query(retriever.query_vector(words), words), None, top_k=5)
+    assert not any("Tobiah" in hit.name for hit in hits[:1])

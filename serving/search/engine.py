@@ -266,6 +266,8 @@ class SearchEngine:
         similarity = float(pool.features["similarity"][i]) if pool.features.values else 0.0
         lexical = float(pool.features["lexical"][i]) if pool.features.values else 0.0
         why = [f"similarity {similarity:.3f}", f"{downloads:,} downloads"]
+        if pool.named[i]:
+            why.insert(0, "named in the prompt")
         if words:
             why.append("words: " + ", ".join(words))
         if pool.features.values and pool.features["votes"][i] > 0:
