@@ -8,7 +8,8 @@ import pytest
 
 from crawlers.nsfw import content_level
 from crawlers.roles import Card, PromptCoherence, Usage, decide_roles
-from serving.search.selection import INVITING_VOTES, Invitations, select
+from serving.search.selection import INVITING_VOTES, Invitations, adjacent_pairs, select
+from serving.search.words import query_terms
 
 SUBJECTS = ["a red fox in snow", "city skyline at dusk", "portrait of an old sailor", "bowl of ramen, steam",
             "medieval castle on a cliff", "robot in a garden", "girl reading in a library", "sports car on a road",
@@ -122,17 +123,21 @@ def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(simila
     assert found.tolist() == expected
 
 
-def test_a_candidate_the_prompt_names_leads_the_list() -> None:
+def test_a_candidate_the_prompt_names_takes_the_last_place_if_its_score_left_it_out() -> None:
     index = _Index()
     rows, scores = np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
     named = np.array([False, False, False, False, True, False])
-    assert select(index, rows, scores, 3, named=named, enhancer_cap=None, near_duplicate=None) == [4, 0, 2]
+    rules_off = {"enhancer_cap": None, "near_duplicate": None}
+    assert select(index, rows, scores, 3, named=named, **rules_off) == [0, 2, 4]
+    assert select(index, rows, scores, 6, named=named, **rules_off) == [0, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize(("rare", "expected"), [
-    (frozenset({"asuka"}), [False, False, False]),  # one word of a three-word name invites, does not name
-    (frozenset({"asuka", "langley"}), [False, True, False]),
-    (frozenset({"watercolor", "famous", "actress"}), [False, False, True]),  # a style is never "named"
+@pytest.mark.parametrize(("prompt", "rare", "expected"), [
+    ("asuka in a garden", {"asuka", "garden"}, [False, False, False]),  # one word of a three-word name invites it
+    ("langley sits beside asuka", {"asuka", "langley"}, [False, False, False]),  # two words of it, apart
+    ("asuka langley in a garden", {"asuka", "langley", "garden"}, [False, True, False]),
+    ("watercolor of a famous actress", {"watercolor", "actress"}, [False, False, True]),  # a style is never named
 ])
-def test_a_prompt_names_a_character_with_two_words_of_its_name(rare, expected) -> None:
-    assert Invitations(_Cards()).named(np.arange(3), rare).tolist() == expected
+def test_a_prompt_names_a_character_by_typing_two_neighbouring_words_of_its_name(prompt, rare, expected) -> None:
+    pairs = adjacent_pairs([lexeme for lexeme, _ in query_terms(prompt)])
+    assert Invitations(_Cards()).named(np.arange(3), pairs, frozenset(rare)).tolist() == expected

@@ -23,7 +23,7 @@ from serving.search.lexical import NO_TERMS, Lexicon, Terms
 from serving.search.nearest import NearestNeighbours
 from serving.search.results import Filters, Hit, SearchResult
 from serving.search.scoring import Features, Weights, hand_scores
-from serving.search.selection import Invitations, select
+from serving.search.selection import Invitations, adjacent_pairs, select
 from serving.search.votes import NO_VOTES, PromptNeighbours, Votes
 
 POPULAR_DOWNLOADS = 1_000_000.0  # popularity reaches 1 at this many downloads (log scale)
@@ -198,7 +198,7 @@ class SearchEngine:
         votes = query.votes.of(rows)
         rare = frozenset(self.index.lexemes[int(t)] for t in terms.ids[self.lexicon.rare(terms, level)])
         invited = self.invitations.invited(rows, similarity, votes, rare)
-        named = self.invitations.named(rows, rare)
+        named = self.invitations.named(rows, adjacent_pairs([lexeme for lexeme, _ in query.lexemes]), rare)
         order = np.argsort(-votes, kind="stable")
         vote_rank = np.zeros(len(rows))
         vote_rank[order] = 1.0 / (1 + np.arange(len(rows)))
