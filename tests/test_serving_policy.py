@@ -89,13 +89,17 @@ def test_the_list_shows_one_version_per_model_few_enhancers_and_no_look_twice() 
     assert select(index, rows, scores, 6, enhancer_cap=None, near_duplicate=None) == [0, 2, 3, 4, 5]
 
 
-def test_a_candidate_the_prompt_does_not_invite_waits_behind_every_invited_one() -> None:
-    index = _Index()
-    rows, scores = np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
-    invited = np.array([True, True, False, True, True, True])
-    rules_off = {"enhancer_cap": None, "near_duplicate": None}
-    assert select(index, rows, scores, 3, invited=invited, **rules_off) == [0, 3, 4]
-    assert select(index, rows, scores, 6, invited=invited, **rules_off) == [0, 3, 4, 5, 2]
+@pytest.mark.parametrize(("rule", "mask", "top_3", "all_6"), [
+    # row 2 is uninvited: it waits behind every invited row (row 1 is model 1 again throughout)
+    ("invited", [True, True, False, True, True, True], [0, 3, 4], [0, 3, 4, 5, 2]),
+    # row 4 is named: left out of the top 3 by its score, it takes the last place
+    ("named", [False, False, False, False, True, False], [0, 2, 4], [0, 2, 3, 4, 5]),
+])
+def test_uninvited_candidates_wait_and_named_ones_are_listed(rule, mask, top_3, all_6) -> None:
+    index, rows, scores = _Index(), np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    rules = {rule: np.array(mask), "enhancer_cap": None, "near_duplicate": None}
+    assert select(index, rows, scores, 3, **rules) == top_3
+    assert select(index, rows, scores, 6, **rules) == all_6
 
 
 class _Cards:
@@ -121,15 +125,6 @@ def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(simila
     invitations = Invitations(_Cards())
     found = invitations.invited(np.arange(3), np.array(similarity), np.array(votes), rare)
     assert found.tolist() == expected
-
-
-def test_a_candidate_the_prompt_names_takes_the_last_place_if_its_score_left_it_out() -> None:
-    index = _Index()
-    rows, scores = np.arange(6), np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
-    named = np.array([False, False, False, False, True, False])
-    rules_off = {"enhancer_cap": None, "near_duplicate": None}
-    assert select(index, rows, scores, 3, named=named, **rules_off) == [0, 2, 4]
-    assert select(index, rows, scores, 6, named=named, **rules_off) == [0, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(("prompt", "rare", "expected"), [
