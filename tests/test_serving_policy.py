@@ -123,7 +123,7 @@ class _Cards:
 ])
 def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(similarity, votes, rare, expected) -> None:
     invitations = Invitations(_Cards())
-    found = invitations.invited(np.arange(3), np.array(similarity), np.array(votes), rare)
+    found, _ = invitations.of(np.arange(3), np.array(similarity), np.array(votes), frozenset(), rare)
     assert found.tolist() == expected
 
 
@@ -135,4 +135,5 @@ def test_characters_and_likenesses_are_invited_by_name_closeness_or_votes(simila
 ])
 def test_a_prompt_names_a_character_by_typing_two_neighbouring_words_of_its_name(prompt, rare, expected) -> None:
     pairs = adjacent_pairs([lexeme for lexeme, _ in query_terms(prompt)])
-    assert Invitations(_Cards()).named(np.arange(3), pairs, frozenset(rare)).tolist() == expected
+    _, named = Invitations(_Cards()).of(np.arange(3), np.zeros(3), np.zeros(3), pairs, frozenset(rare))
+    assert named.tolist() == expected

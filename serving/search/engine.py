@@ -56,6 +56,7 @@ class Query:
     votes: Votes = NO_VOTES
     discount: frozenset[int] = frozenset()
     terms: dict[str, Terms] = field(default_factory=dict)
+    pairs: frozenset[frozenset[str]] = frozenset()  # neighbouring lexemes (selection.adjacent_pairs): names typed
 
 
 @dataclass
@@ -68,7 +69,6 @@ class Pool:
     terms: Terms
     co_images: np.ndarray
     named: np.ndarray  # per row: the prompt names it outright (a character or likeness; selection.Invitations)
-
 
 
 class SearchEngine:
@@ -101,8 +101,9 @@ class SearchEngine:
     def query(self, q: np.ndarray, words: str | None, exclude_prompts: np.ndarray | None = None) -> Query:
         """The query's vector, words and prompt-neighbour votes (`exclude_prompts`: prompts that may not vote)."""
         lexemes = self.lexicon.lexemes(words)
-        return Query(np.asarray(q, dtype=np.float32), lexemes,
-                     self.neighbours.votes([lexeme for lexeme, _ in lexemes], exclude_prompts))
+        stems = [lexeme for lexeme, _ in lexemes]
+        return Query(np.asarray(q, dtype=np.float32), lexemes, self.neighbours.votes(stems, exclude_prompts),
+                     pairs=adjacent_pairs(stems))
 
     def search(self, q: np.ndarray, words: str | None, *, top_k: int = 10, top_checkpoints: int = 3,
                filters: Filters = Filters(), weights: Weights | None = None) -> SearchResult:
@@ -153,8 +154,8 @@ class SearchEngine:
                 for i in select(self.index, rows, scores, k, enhancer_cap=None, near_duplicate=None)]
 
     def _gate(self, pool: Pool) -> dict[str, np.ndarray]:
-        """What `select` is told of invitations: which candidates the prompt names (they lead) and invites
-        (the others wait); nothing when the gate is off."""
+        """What `select` is told of invitations: which candidates the prompt invites (the others wait) and names
+        (listed even when their scores are not among the best); nothing when the gate is off."""
         return {"invited": pool.features["invited"] > 0, "named": pool.named} if self.gate_uninvited else {}
 
     def scores(self, level: str, pool: Pool, weights: Weights | None) -> np.ndarray:
@@ -197,8 +198,7 @@ class SearchEngine:
         co_images = self._co_images(checkpoint, rows, query.discount) if checkpoint else np.zeros(len(rows))
         votes = query.votes.of(rows)
         rare = frozenset(self.index.lexemes[int(t)] for t in terms.ids[self.lexicon.rare(terms, level)])
-        invited = self.invitations.invited(rows, similarity, votes, rare)
-        named = self.invitations.named(rows, adjacent_pairs([lexeme for lexeme, _ in query.lexemes]), rare)
+        invited, named = self.invitations.of(rows, similarity, votes, query.pairs, rare)
         order = np.argsort(-votes, kind="stable")
         vote_rank = np.zeros(len(rows))
         vote_rank[order] = 1.0 / (1 + np.arange(len(rows)))

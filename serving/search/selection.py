@@ -68,7 +68,9 @@ def select(index: SearchIndex, rows: np.ndarray, scores: np.ndarray, k: int, *, 
         return listed
     listed_models, added = {models[p] for p in listed}, []
     for position in order[named[order]].tolist():
-        if len(added) < min(NAMED_PER_LIST, k) and models[position] not in listed_models:
+        if len(added) == min(NAMED_PER_LIST, k):
+            break
+        if models[position] not in listed_models:
             added.append(position)
             listed_models.add(models[position])
     return listed[: k - len(added)] + added
@@ -82,8 +84,9 @@ def _repeats(index: SearchIndex, row: int, same_kind: list[int], threshold: floa
 class Invitations:
     """Whether a prompt asks for a character or a likeness: a rare word of the prompt (`rare_lexemes`) is one of
     its name's or trigger words' lexemes, the prompt is very close to its text, or the example prompts nearest the
-    prompt voted for it; and whether the prompt names it outright (then it leads the list: a ranker learned from
-    prompts stripped of their trigger words cannot know that a name typed out is the strongest evidence)."""
+    prompt voted for it; and whether the prompt names it outright (then it is listed even when its score is not
+    among the best: a ranker learned from prompts stripped of their trigger words cannot know that a name typed out
+    is strong evidence)."""
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
@@ -91,28 +94,22 @@ class Invitations:
         invited = [index.code("kind", kind) for kind in INVITED_KINDS]
         self.needs_invitation = np.isin(index.arrays["kind"], invited) | index.arrays["likeness"]
 
-    def invited(self, rows: np.ndarray, similarity: np.ndarray, votes: np.ndarray,
-                rare_lexemes: frozenset[str]) -> np.ndarray:
-        """Per row: True unless it needs an invitation and the prompt gives none."""
-        result = np.ones(len(rows), dtype=bool)
+    def of(self, rows: np.ndarray, similarity: np.ndarray, votes: np.ndarray, pairs: frozenset[frozenset[str]],
+           rare_lexemes: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, (invited, named). Invited: True unless it needs an invitation and the prompt gives none. Named:
+        the prompt types its name out, two neighbouring words of its name side by side in the prompt (`pairs`, see
+        adjacent_pairs), one of them rare ("hatsune miku"), or its one-word name is a rare word of the prompt. Not
+        two words of its name anywhere in the prompt: descriptive names ("Medieval Style Armor Suit") would be named
+        by every prompt about their subject. Not its trigger words: a character's often describe its outfit ("red
+        kimono")."""
+        invited, named = np.ones(len(rows), dtype=bool), np.zeros(len(rows), dtype=bool)
         for i in np.flatnonzero(self.needs_invitation[rows]).tolist():
-            name, triggers, _ = self._lexemes(int(rows[i]))
-            result[i] = (similarity[i] >= INVITING_SIMILARITY or votes[i] >= INVITING_VOTES
-                         or bool(name.union(*triggers) & rare_lexemes))
-        return result
-
-    def named(self, rows: np.ndarray, pairs: frozenset[frozenset[str]], rare_lexemes: frozenset[str]) -> np.ndarray:
-        """Per row: whether the prompt types its name out: two neighbouring words of its name stand side by side in
-        the prompt (`pairs`, see adjacent_pairs), one of them rare ("hatsune miku"), or its one-word name is a rare
-        word of the prompt. Not two words of its name anywhere in the prompt: descriptive names ("Medieval Style
-        Armor Suit") would be named by every prompt about their subject. Not its trigger words: a character's often
-        describe its outfit ("red kimono")."""
-        result = np.zeros(len(rows), dtype=bool)
-        for i in np.flatnonzero(self.needs_invitation[rows]).tolist():
-            name, _, name_pairs = self._lexemes(int(rows[i]))
-            result[i] = (len(name) == 1 and name <= rare_lexemes) or any(
+            name, triggers, name_pairs = self._lexemes(int(rows[i]))
+            invited[i] = (similarity[i] >= INVITING_SIMILARITY or votes[i] >= INVITING_VOTES
+                          or bool(name.union(*triggers) & rare_lexemes))
+            named[i] = (len(name) == 1 and name <= rare_lexemes) or any(
                 pair & rare_lexemes for pair in name_pairs & pairs)
-        return result
+        return invited, named
 
     def _lexemes(self, row: int) -> tuple[frozenset[str], tuple[frozenset[str], ...], frozenset[frozenset[str]]]:
         """The lexemes of a row's name, of each of its trigger words, and the name's neighbouring pairs."""
