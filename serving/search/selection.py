@@ -115,9 +115,9 @@ class Invitations:
         """The lexemes of a row's name, of each of its trigger words, and the name's neighbouring pairs."""
         if row not in self._names:
             details = self.index.details
-            name = [lexeme for lexeme, _ in query_terms(details["name"][row])]
-            self._names[row] = (frozenset(name), tuple(_lexemes_of(word) for word in details["trigger_words"][row]),
-                                adjacent_pairs(name))
+            name = _lexemes_of(details["name"][row])
+            triggers = tuple(frozenset(_lexemes_of(word)) for word in details["trigger_words"][row])
+            self._names[row] = (frozenset(name), triggers, adjacent_pairs(name))
         return self._names[row]
 
 
@@ -126,5 +126,6 @@ def adjacent_pairs(lexemes: list[str]) -> frozenset[frozenset[str]]:
     return frozenset(frozenset(pair) for pair in zip(lexemes, lexemes[1:], strict=False) if pair[0] != pair[1])
 
 
-def _lexemes_of(text: str) -> frozenset[str]:
-    return frozenset(lexeme for lexeme, _ in query_terms(text))
+def _lexemes_of(text: str) -> list[str]:
+    """A text's lexemes in order (neighbours stay neighbours, for adjacent_pairs)."""
+    return [lexeme for lexeme, _ in query_terms(text)]
